@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Debian/Ubuntu) if missing,
+# then runs formatting, lint and the whole test suite. .ci/run calls exactly
+# this. Works from any directory.
+#
+#   scripts/test.sh
+#
+# What it installs when missing: pebble (gives pebble and pebble-challtestsrv,
+# the real ACME CA the tests run against), openssl and curl, via apt-get
+# (with sudo when not root). The tests start and stop Pebble themselves, on
+# loopback ports of their own.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+
+start=$(date +%s)
+timings=()
+step() {
+    local name=$1 t0 rc=0
+    shift
+    log "$name: $*"
+    t0=$(date +%s)
+    "$@" || rc=$?
+    timings+=("$(printf '%-8s %4ss  %s' "$name" "$(($(date +%s) - t0))" "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")")")
+    if [ "$rc" -ne 0 ]; then
+        summary
+        echo "scripts/test.sh: $name failed (exit $rc)" >&2
+        exit "$rc"
+    fi
+}
+summary() {
+    printf '\n==> timings\n' >&2
+    printf '  %s\n' "${timings[@]}" >&2
+    printf '  %-8s %4ss\n' "total" "$(($(date +%s) - start))" >&2
+}
+
+step deps ensure_acme_test_deps
+step toolchain ensure_cargo rustfmt clippy
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --all-targets -- -D warnings
+step test cargo test --all-targets
+summary
+echo "scripts/test.sh: all checks passed in $(($(date +%s) - start))s" >&2
