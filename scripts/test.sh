@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (Debian/Ubuntu) if missing,
-# then runs formatting, lint and the whole test suite. .ci/run calls exactly
+# then runs the shipped hooks' checks, formatting, lint and the whole test
+# suite. .ci/run calls exactly
 # this. Works from any directory.
 #
 #   scripts/test.sh
@@ -39,6 +40,7 @@ summary() {
 
 step deps ensure_acme_test_deps
 step toolchain ensure_cargo rustfmt clippy
+step hooks scripts/test-hooks.sh
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --all-targets -- -D warnings
 step test cargo test --all-targets
