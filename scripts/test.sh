@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (Debian/Ubuntu) if missing,
 # then runs the shipped hooks' checks, formatting, lint and the whole test
-# suite. .ci/run calls exactly
-# this. Works from any directory.
+# suite. .ci/run calls exactly this. Works from any directory.
 #
 #   scripts/test.sh
 #
