@@ -120,7 +120,11 @@ fn http01_builtin_responder_issues_once() {
     assert!(domains.contains(&"www.example.com".to_owned()), "{st}");
     assert!(domains.contains(&"example.com".to_owned()), "{st}");
     assert_eq!(
-        normalize_hex(st["serial"].as_str().unwrap_or_else(|| panic!("serial: {st}"))),
+        normalize_hex(
+            st["serial"]
+                .as_str()
+                .unwrap_or_else(|| panic!("serial: {st}"))
+        ),
         cert_serial(&cert)
     );
     assert!(st["reason"].as_str().is_some_and(|r| !r.is_empty()), "{st}");
@@ -155,7 +159,11 @@ fn short_lived_cert_renews_after_threshold() {
 
     let out = env.run(&cfg, &["renew"]);
     assert_eq!(out.code, 0, "second renew:\n{out}");
-    assert_eq!(read(&cert), cert1, "second pass renewed a cert that is not due");
+    assert_eq!(
+        read(&cert),
+        cert1,
+        "second pass renewed a cert that is not due"
+    );
 
     let st = env.status_of(&cfg, "short");
     assert_eq!(st["state"], "valid", "{st}");

@@ -88,8 +88,8 @@ impl Ports {
                 dns: p + 4,
                 dns_mgmt: p + 5,
             };
-            let all_free = (p..p + 6).all(port_free)
-                && UdpSocket::bind(("127.0.0.1", ports.dns)).is_ok();
+            let all_free =
+                (p..p + 6).all(port_free) && UdpSocket::bind(("127.0.0.1", ports.dns)).is_ok();
             if all_free {
                 return ports;
             }
@@ -601,7 +601,7 @@ impl TestEnv {
     /// A `[[cert]]` table with paths from [`Self::cert_paths`] plus `extra` lines.
     pub fn cert_block(&self, name: &str, domains: &[&str], extra: &str) -> String {
         let (cert, key) = self.cert_paths(name);
-        let domains: Vec<String> = domains.iter().map(|d| toml_str(d)).collect();
+        let domains: Vec<String> = domains.iter().map(toml_str).collect();
         format!(
             "[[cert]]\nname = {}\ndomains = [{}]\ncert_path = {}\nkey_path = {}\n{extra}\n",
             toml_str(name),
@@ -705,7 +705,10 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if thread::panicking() {
-            eprintln!("===== test failed; temp dir {} =====", self.root().display());
+            eprintln!(
+                "===== test failed; temp dir {} =====",
+                self.root().display()
+            );
             self.dump();
         }
     }
@@ -882,7 +885,8 @@ pub fn rfc3339(v: &Value, what: &str) -> OffsetDateTime {
     let s = v
         .as_str()
         .unwrap_or_else(|| panic!("{what} is not a string: {v}"));
-    OffsetDateTime::parse(s, &Rfc3339).unwrap_or_else(|e| panic!("{what} = {s:?} is not RFC 3339: {e}"))
+    OffsetDateTime::parse(s, &Rfc3339)
+        .unwrap_or_else(|e| panic!("{what} = {s:?} is not RFC 3339: {e}"))
 }
 
 /// The permission bits of `path`.
@@ -1097,7 +1101,9 @@ pub fn txt_answer_count(port: u16, name: &str) -> u16 {
     q.extend_from_slice(&[0, 0, 16, 0, 1]);
     sock.send_to(&q, ("127.0.0.1", port)).unwrap();
     let mut buf = [0u8; 4096];
-    let (n, _) = sock.recv_from(&mut buf).expect("DNS answer from challtestsrv");
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("DNS answer from challtestsrv");
     assert!(n >= 12 && buf[0] == 0x12 && buf[1] == 0x34, "bad DNS reply");
     u16::from_be_bytes([buf[6], buf[7]])
 }
