@@ -1,1 +1,36 @@
-//! certkeeper library
+//! certkeeper: an ACME certificate renewal agent.
+//!
+//! # Layout
+//! Each responsibility lives in one file:
+//!
+//! - [`cli`]: the command line (clap derive); `main.rs` maps results to exit codes.
+//! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and key.
+//! - [`inventory`]: what is on disk: PEM parsing, key/cert match, names, validity.
+//! - [`policy`]: pure renewal decision (threshold, jitter, ARI) and the retry ladder.
+//! - [`acme`]: the only module that uses instant-acme: account, ARI, order flow.
+//! - [`challenge`]: HTTP-01 responder and webroot, DNS-01 hook; cleanup on every path.
+//! - [`keys`]: new private keys and CSRs (rcgen).
+//! - [`store`]: staging, crash-safe install, roll-forward, `.prev` backups, file modes.
+//! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
+//! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
+//! - [`renew`]: one pass over all certificates, plus `status` and `--dry-run`.
+
+pub mod acme;
+pub mod challenge;
+pub mod cli;
+pub mod config;
+pub mod hooks;
+pub mod inventory;
+pub mod keys;
+pub mod policy;
+pub mod renew;
+pub mod state;
+pub mod store;
+
+pub use renew::rfc3339;
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Called once at start-up: with
+/// more than one provider in a dependency graph rustls panics unless one is chosen.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,361 @@
+//! What is on disk: reads a certificate's PEM files and says whether they form a usable set
+//! (parses, key matches the leaf, names covered, time-valid), and extracts the facts the
+//! policy and the hooks need (validity window, serial, ARI identifier).
+//!
+//! The same checks verify a freshly issued set before it is installed, so "what we accept
+//! from the CA" and "what we consider valid on disk" can never drift apart. This module
+//! does no I/O beyond reading files, and never decides *when* to renew (see `policy`).
+
+use std::path::Path;
+
+use ::time::OffsetDateTime;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::config::CertConfig;
+
+/// Facts about a parsed leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// Serial number, lower-case hex, no separators.
+    pub serial: String,
+    /// DNS names in the SAN extension.
+    pub sans: Vec<String>,
+    /// The leaf in DER, for ARI's certificate identifier.
+    pub leaf_der: Vec<u8>,
+    /// Number of certificates in the file (leaf + chain).
+    pub chain_len: usize,
+}
+
+impl CertInfo {
+    /// Total lifetime of the certificate.
+    pub fn lifetime(&self) -> ::time::Duration {
+        self.not_after - self.not_before
+    }
+}
+
+/// The state of one certificate's files on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnDisk {
+    /// A file of the set does not exist.
+    Missing(String),
+    /// Files exist but do not form a usable set; the reason says why.
+    Invalid {
+        /// Why the set can't be used.
+        reason: String,
+        /// The leaf's facts, when the leaf itself parsed (e.g. key mismatch, names missing).
+        info: Option<Box<CertInfo>>,
+    },
+    /// A usable set (it may still be expired or due; that is the policy's call).
+    Present(CertInfo),
+}
+
+impl OnDisk {
+    /// The leaf's facts, if the leaf parsed.
+    pub fn info(&self) -> Option<&CertInfo> {
+        match self {
+            Self::Present(i) => Some(i),
+            Self::Invalid { info, .. } => info.as_deref(),
+            Self::Missing(_) => None,
+        }
+    }
+}
+
+/// Reads every certificate in a PEM file, with an error that names the file.
+pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_pem_certs(&data).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses all `CERTIFICATE` blocks in PEM text.
+pub fn parse_pem_certs(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(data).collect();
+    let certs = certs.map_err(|e| format!("not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("contains no PEM CERTIFICATE block".into());
+    }
+    Ok(certs)
+}
+
+/// Parses the first private key in PEM text (PKCS#8, SEC1 or PKCS#1).
+pub fn parse_pem_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(data).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => "contains no PEM private key".to_string(),
+        e => format!("not a valid PEM private key: {e}"),
+    })
+}
+
+/// The raw public key bytes of a private key, for matching against a certificate.
+fn key_public_raw(key: &PrivateKeyDer<'_>) -> Result<Vec<u8>, String> {
+    let kp = rcgen::KeyPair::try_from(key)
+        .map_err(|e| format!("unsupported or corrupt private key: {e}"))?;
+    Ok(kp.public_key_raw().to_vec())
+}
+
+/// Parses a leaf DER into [`CertInfo`].
+pub fn cert_info(chain: &[CertificateDer<'_>]) -> Result<CertInfo, String> {
+    let leaf = chain.first().ok_or("empty certificate chain")?;
+    let (_, x) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = x.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                sans.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    let serial = x
+        .tbs_certificate
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    Ok(CertInfo {
+        not_before: x.validity().not_before.to_datetime(),
+        not_after: x.validity().not_after.to_datetime(),
+        serial,
+        sans,
+        leaf_der: leaf.as_ref().to_vec(),
+        chain_len: chain.len(),
+    })
+}
+
+/// Checks that each certificate in the chain was issued by the next one (by name and
+/// signature), so a server never gets a scrambled chain.
+fn check_chain_order(chain: &[CertificateDer<'_>]) -> Result<(), String> {
+    let parsed: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            X509Certificate::from_der(c.as_ref())
+                .map(|(_, x)| x)
+                .map_err(|e| format!("certificate {} of the chain does not parse: {e}", i + 1))
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, pair) in parsed.windows(2).enumerate() {
+        if pair[0].issuer() != pair[1].subject() {
+            return Err(format!(
+                "chain out of order: certificate {} is issued by \"{}\" but certificate {} is \"{}\"",
+                i + 1,
+                pair[0].issuer(),
+                i + 2,
+                pair[1].subject()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Does `sans` cover every configured name (exact match; a wildcard SAN covers a configured
+/// wildcard of the same form only, since that is what was ordered)?
+pub fn missing_names<'a>(domains: &'a [String], sans: &[String]) -> Vec<&'a str> {
+    domains
+        .iter()
+        .filter(|d| !sans.iter().any(|s| s == *d))
+        .map(String::as_str)
+        .collect()
+}
+
+/// Verifies a complete set: key parses and matches the leaf, names are covered, chain
+/// parses and is in order, and `now` is inside the validity window.
+pub fn verify_set(
+    key_pem: &[u8],
+    chain_pem: &[u8],
+    domains: &[String],
+    now: OffsetDateTime,
+) -> Result<CertInfo, (String, Option<Box<CertInfo>>)> {
+    let chain = parse_pem_certs(chain_pem).map_err(|e| (format!("certificate {e}"), None))?;
+    let info = cert_info(&chain).map_err(|e| (e, None))?;
+    let fail = |m: String| (m, Some(Box::new(info.clone())));
+    let key = parse_pem_key(key_pem).map_err(|e| fail(format!("key {e}")))?;
+    let key_pub = key_public_raw(&key).map_err(fail)?;
+    let (_, leaf) = X509Certificate::from_der(&info.leaf_der)
+        .map_err(|e| fail(format!("leaf does not parse: {e}")))?;
+    if leaf.public_key().subject_public_key.data.as_ref() != key_pub.as_slice() {
+        return Err(fail(
+            "the private key does not match the certificate's public key".into(),
+        ));
+    }
+    let missing = missing_names(domains, &info.sans);
+    if !missing.is_empty() {
+        return Err(fail(format!(
+            "certificate does not cover {} (it has: {})",
+            missing.join(", "),
+            info.sans.join(", ")
+        )));
+    }
+    check_chain_order(&chain).map_err(fail)?;
+    if now < info.not_before {
+        return Err(fail(format!(
+            "certificate is not valid yet (not before {})",
+            crate::rfc3339(info.not_before)
+        )));
+    }
+    if now >= info.not_after {
+        return Err(fail(format!(
+            "certificate expired at {}",
+            crate::rfc3339(info.not_after)
+        )));
+    }
+    Ok(info)
+}
+
+/// Reads a certificate's installed files and classifies them. Expiry is not "invalid" here:
+/// an expired but otherwise intact set is `Present`, and the policy reports it as expired.
+pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
+    let read = |p: &Path| match std::fs::read(p) {
+        Ok(d) => Ok(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(OnDisk::Missing(format!("{} does not exist", p.display())))
+        }
+        Err(e) => Err(OnDisk::Invalid {
+            reason: format!("cannot read {}: {e}", p.display()),
+            info: None,
+        }),
+    };
+    let chain_pem = match read(&cert.cert_path) {
+        Ok(d) => d,
+        Err(s) => return s,
+    };
+    let key_pem = match read(&cert.key_path) {
+        Ok(d) => d,
+        Err(s) => return s,
+    };
+    match verify_set(&key_pem, &chain_pem, &cert.domains, now) {
+        Ok(info) => OnDisk::Present(info),
+        Err((reason, Some(info))) if reason.starts_with("certificate expired") => {
+            let _ = reason;
+            OnDisk::Present(*info)
+        }
+        Err((reason, info)) => {
+            let file = if reason.starts_with("key") || reason.contains("private key") {
+                &cert.key_path
+            } else {
+                &cert.cert_path
+            };
+            OnDisk::Invalid {
+                reason: format!("{}: {reason}", file.display()),
+                info,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::time::Duration;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn make(names: &[&str], days: i64) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].to_string());
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(days);
+        let c = p.self_signed(&key).unwrap();
+        (key.serialize_pem(), c.pem())
+    }
+
+    fn doms(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn good_set_verifies() {
+        let (k, c) = make(&["a.example", "b.example"], 10);
+        let info = verify_set(
+            k.as_bytes(),
+            c.as_bytes(),
+            &doms(&["a.example", "b.example"]),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        assert_eq!(info.sans, doms(&["a.example", "b.example"]));
+        assert_eq!(info.chain_len, 1);
+        assert!(!info.serial.is_empty());
+    }
+
+    #[test]
+    fn mismatched_key_is_rejected() {
+        let (_, c) = make(&["a.example"], 10);
+        let (k2, _) = make(&["a.example"], 10);
+        let (e, info) = verify_set(
+            k2.as_bytes(),
+            c.as_bytes(),
+            &doms(&["a.example"]),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        assert!(info.is_some());
+    }
+
+    #[test]
+    fn missing_name_is_rejected() {
+        let (k, c) = make(&["a.example"], 10);
+        let (e, _) = verify_set(
+            k.as_bytes(),
+            c.as_bytes(),
+            &doms(&["a.example", "c.example"]),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_err();
+        assert!(e.contains("c.example"), "{e}");
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid() {
+        let (k, c) = make(&["a.example"], 1);
+        let later = OffsetDateTime::now_utc() + Duration::days(2);
+        let (e, _) =
+            verify_set(k.as_bytes(), c.as_bytes(), &doms(&["a.example"]), later).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let earlier = OffsetDateTime::now_utc() - Duration::days(2);
+        let (e, _) =
+            verify_set(k.as_bytes(), c.as_bytes(), &doms(&["a.example"]), earlier).unwrap_err();
+        assert!(e.contains("not valid yet"), "{e}");
+    }
+
+    #[test]
+    fn garbage_is_not_pem() {
+        let (k, _) = make(&["a.example"], 1);
+        let (e, info) = verify_set(
+            k.as_bytes(),
+            b"hello world\n",
+            &doms(&["a.example"]),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_err();
+        assert!(e.contains("no PEM CERTIFICATE"), "{e}");
+        assert!(info.is_none());
+        assert!(
+            parse_pem_key(b"nope")
+                .unwrap_err()
+                .contains("no PEM private key")
+        );
+    }
+
+    #[test]
+    fn chain_order_is_checked() {
+        let (_, a) = make(&["a.example"], 1);
+        let (_, b) = make(&["b.example"], 1);
+        let chain = parse_pem_certs(format!("{a}{b}").as_bytes()).unwrap();
+        assert!(
+            check_chain_order(&chain)
+                .unwrap_err()
+                .contains("out of order")
+        );
+        assert!(check_chain_order(&chain[..1]).is_ok());
+    }
+}

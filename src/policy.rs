@@ -1,0 +1,464 @@
+//! The renewal decision, as a pure function of what is on disk, the policy, the ARI window,
+//! the current time and a random source. Nothing here reads files, clocks or the network,
+//! so every rule is table-tested and `status`, `renew --dry-run` and the daemon all agree.
+//!
+//! Also home of the retry ladder (1 min, 10 min, 100 min, then daily), which is equally pure.
+
+use std::time::Duration as StdDuration;
+
+use rand::Rng;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use crate::config::{RenewBefore, format_duration};
+use crate::inventory::OnDisk;
+
+/// The state a certificate is in, as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertState {
+    /// Installed, usable, not yet due.
+    Valid,
+    /// Installed and usable, but past its renewal time.
+    Due,
+    /// A file of the set is missing.
+    Missing,
+    /// Files exist but are not a usable set.
+    Invalid,
+    /// Past not_after.
+    Expired,
+}
+
+impl CertState {
+    /// The lower-case name used in tables, JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Due => "due",
+            Self::Missing => "missing",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// Which rule set the renewal time, so operators can see *why*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// No usable set on disk.
+    NoCertificate,
+    /// Past expiry.
+    Expired,
+    /// The CA's ARI suggested window.
+    Ari,
+    /// The configured share of the lifetime.
+    Fraction,
+    /// The configured fixed remaining time.
+    Remaining,
+    /// The user's threshold, reached before the ARI window.
+    UserCap,
+}
+
+/// A suggested renewal window from the CA (RFC 9773).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AriWindow {
+    /// Window start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    /// Window end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+}
+
+/// The decision for one certificate, with the reason shown to operators.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What `status` shows.
+    pub state: CertState,
+    /// Whether to order now.
+    pub due: bool,
+    /// When renewal is (or was) scheduled.
+    pub renew_at: OffsetDateTime,
+    /// The rule that set `renew_at`.
+    pub rule: Rule,
+    /// One human sentence explaining `renew_at`.
+    pub reason: String,
+}
+
+/// Jitter moves renewal earlier by up to this share of the lifetime (step-ca uses 1/20).
+pub const JITTER_SHARE: f64 = 1.0 / 20.0;
+
+fn secs(d: Duration) -> StdDuration {
+    StdDuration::from_secs(d.whole_seconds().max(0) as u64)
+}
+
+/// Decides whether and when to renew. `rng` must be seeded stably per certificate (see
+/// `renew::jitter_rng`) so that repeated runs report the same `renew_at`.
+pub fn decide(
+    disk: &OnDisk,
+    renew_before: RenewBefore,
+    ari: Option<&AriWindow>,
+    now: OffsetDateTime,
+    rng: &mut impl Rng,
+) -> Decision {
+    let info = match disk {
+        OnDisk::Missing(why) => {
+            return Decision {
+                state: CertState::Missing,
+                due: true,
+                renew_at: now,
+                rule: Rule::NoCertificate,
+                reason: format!("missing: {why}"),
+            };
+        }
+        OnDisk::Invalid { reason, .. } => {
+            return Decision {
+                state: CertState::Invalid,
+                due: true,
+                renew_at: now,
+                rule: Rule::NoCertificate,
+                reason: format!("invalid: {reason}"),
+            };
+        }
+        OnDisk::Present(info) => info,
+    };
+    if now >= info.not_after {
+        return Decision {
+            state: CertState::Expired,
+            due: true,
+            renew_at: now,
+            rule: Rule::Expired,
+            reason: format!("expired at {}", crate::rfc3339(info.not_after)),
+        };
+    }
+
+    let lifetime = info.lifetime().max(Duration::seconds(1));
+    let (threshold_at, rule, mut reason) = match renew_before {
+        RenewBefore::Fraction(f) => (
+            info.not_after - lifetime * f,
+            Rule::Fraction,
+            format!(
+                "{renew_before} of the {} lifetime left",
+                format_duration(secs(lifetime))
+            ),
+        ),
+        RenewBefore::Remaining(d) => {
+            let d = Duration::try_from(d).unwrap_or(Duration::MAX);
+            if d >= lifetime {
+                // A fixed threshold longer than the lifetime would renew on every run
+                // (complaint #5): fall back to half the lifetime and say so.
+                (
+                    info.not_after - lifetime / 2,
+                    Rule::Remaining,
+                    format!(
+                        "renew_before {renew_before} exceeds the {} lifetime, using 50%",
+                        format_duration(secs(lifetime))
+                    ),
+                )
+            } else {
+                (
+                    info.not_after - d,
+                    Rule::Remaining,
+                    format!("{renew_before} before expiry"),
+                )
+            }
+        }
+    };
+    let jitter = lifetime * (rng.random::<f64>() * JITTER_SHARE);
+    let jittered = threshold_at - jitter;
+    if jitter >= Duration::seconds(1) {
+        reason.push_str(&format!(
+            " (jittered {} earlier)",
+            format_duration(secs(jitter))
+        ));
+    }
+
+    let (renew_at, rule, reason) = match ari {
+        Some(w) => {
+            let ari_at = if w.start <= now {
+                now
+            } else {
+                let span = (w.end - w.start).max(Duration::ZERO);
+                w.start + span * rng.random::<f64>()
+            };
+            if ari_at <= threshold_at {
+                let why = if w.start <= now {
+                    format!(
+                        "ARI: the CA's renewal window opened at {}",
+                        crate::rfc3339(w.start)
+                    )
+                } else {
+                    format!(
+                        "ARI: random point in the CA's window {} .. {}",
+                        crate::rfc3339(w.start),
+                        crate::rfc3339(w.end)
+                    )
+                };
+                (ari_at, Rule::Ari, why)
+            } else {
+                (
+                    threshold_at,
+                    Rule::UserCap,
+                    format!("{reason}; earlier than the CA's ARI window"),
+                )
+            }
+        }
+        None => (jittered, rule, reason),
+    };
+    let due = now >= renew_at;
+    Decision {
+        state: if due {
+            CertState::Due
+        } else {
+            CertState::Valid
+        },
+        due,
+        renew_at,
+        rule,
+        reason,
+    }
+}
+
+/// Let's Encrypt's retry guidance: 1 min, 10 min, 100 min, then once a day.
+pub fn backoff_delay(consecutive_failures: u32) -> StdDuration {
+    match consecutive_failures {
+        0 => StdDuration::ZERO,
+        1 => StdDuration::from_secs(60),
+        2 => StdDuration::from_secs(600),
+        3 => StdDuration::from_secs(6000),
+        _ => StdDuration::from_secs(86400),
+    }
+}
+
+/// When the next attempt may happen after `failures` consecutive failures, honouring a
+/// server's Retry-After if that is later.
+pub fn next_attempt(
+    failures: u32,
+    failed_at: OffsetDateTime,
+    retry_after: Option<OffsetDateTime>,
+) -> OffsetDateTime {
+    let ladder = failed_at + backoff_delay(failures);
+    match retry_after {
+        Some(r) if r > ladder => r,
+        _ => ladder,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::CertInfo;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use time::macros::datetime;
+
+    fn info(nb: OffsetDateTime, na: OffsetDateTime) -> OnDisk {
+        OnDisk::Present(CertInfo {
+            not_before: nb,
+            not_after: na,
+            serial: "01".into(),
+            sans: vec![],
+            leaf_der: vec![],
+            chain_len: 1,
+        })
+    }
+
+    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+    #[test]
+    fn decision_table() {
+        let d90 = info(T0, T0 + Duration::days(90));
+        let d6 = info(T0, T0 + Duration::days(6));
+        let pct = RenewBefore::Fraction(1.0 / 3.0);
+        let fixed30 = RenewBefore::Remaining(StdDuration::from_secs(30 * 86400));
+        let cases: Vec<(&str, OnDisk, RenewBefore, OffsetDateTime, CertState, Rule)> = vec![
+            (
+                "missing",
+                OnDisk::Missing("x".into()),
+                pct,
+                T0,
+                CertState::Missing,
+                Rule::NoCertificate,
+            ),
+            (
+                "invalid",
+                OnDisk::Invalid {
+                    reason: "bad".into(),
+                    info: None,
+                },
+                pct,
+                T0,
+                CertState::Invalid,
+                Rule::NoCertificate,
+            ),
+            (
+                "fresh 90d",
+                d90.clone(),
+                pct,
+                T0 + Duration::days(1),
+                CertState::Valid,
+                Rule::Fraction,
+            ),
+            (
+                "90d at day 61",
+                d90.clone(),
+                pct,
+                T0 + Duration::days(61),
+                CertState::Due,
+                Rule::Fraction,
+            ),
+            (
+                "90d expired",
+                d90.clone(),
+                pct,
+                T0 + Duration::days(91),
+                CertState::Expired,
+                Rule::Expired,
+            ),
+            (
+                "6d fresh, pct",
+                d6.clone(),
+                pct,
+                T0 + Duration::days(1),
+                CertState::Valid,
+                Rule::Fraction,
+            ),
+            (
+                "6d day 4.1, pct",
+                d6.clone(),
+                pct,
+                T0 + Duration::hours(99),
+                CertState::Due,
+                Rule::Fraction,
+            ),
+            // A fixed 30d threshold on a 6-day cert must not renew on every run.
+            (
+                "6d fresh, 30d",
+                d6.clone(),
+                fixed30,
+                T0 + Duration::days(1),
+                CertState::Valid,
+                Rule::Remaining,
+            ),
+            (
+                "6d day 3.1, 30d",
+                d6.clone(),
+                fixed30,
+                T0 + Duration::hours(75),
+                CertState::Due,
+                Rule::Remaining,
+            ),
+            (
+                "90d day 59, 30d",
+                d90.clone(),
+                fixed30,
+                T0 + Duration::days(59),
+                CertState::Valid,
+                Rule::Remaining,
+            ),
+            (
+                "90d day 61, 30d",
+                d90,
+                fixed30,
+                T0 + Duration::days(61),
+                CertState::Due,
+                Rule::Remaining,
+            ),
+        ];
+        for (name, disk, rb, now, state, rule) in cases {
+            let d = decide(&disk, rb, None, now, &mut StdRng::seed_from_u64(7));
+            assert_eq!(d.state, state, "{name}: {d:?}");
+            assert_eq!(d.rule, rule, "{name}: {d:?}");
+            assert_eq!(d.due, state != CertState::Valid, "{name}");
+            assert!(!d.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn jitter_only_moves_earlier_and_by_at_most_a_twentieth() {
+        let disk = info(T0, T0 + Duration::days(90));
+        let threshold = T0 + Duration::days(60);
+        for seed in 0..500 {
+            let d = decide(
+                &disk,
+                RenewBefore::Fraction(1.0 / 3.0),
+                None,
+                T0,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            assert!(d.renew_at <= threshold, "seed {seed}: {}", d.renew_at);
+            assert!(
+                d.renew_at >= threshold - Duration::days(90) / 20,
+                "seed {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn ari_window_in_future_picks_point_inside() {
+        let disk = info(T0, T0 + Duration::days(90));
+        let w = AriWindow {
+            start: T0 + Duration::days(40),
+            end: T0 + Duration::days(42),
+        };
+        for seed in 0..100 {
+            let d = decide(
+                &disk,
+                RenewBefore::default(),
+                Some(&w),
+                T0,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            assert_eq!(d.rule, Rule::Ari);
+            assert!(d.renew_at >= w.start && d.renew_at <= w.end);
+            assert!(!d.due);
+            assert!(d.reason.contains("ARI"));
+        }
+    }
+
+    #[test]
+    fn ari_window_open_means_now() {
+        let disk = info(T0, T0 + Duration::days(90));
+        let w = AriWindow {
+            start: T0 + Duration::days(1),
+            end: T0 + Duration::days(2),
+        };
+        let now = T0 + Duration::days(5);
+        let d = decide(
+            &disk,
+            RenewBefore::default(),
+            Some(&w),
+            now,
+            &mut StdRng::seed_from_u64(1),
+        );
+        assert_eq!((d.rule, d.due, d.renew_at), (Rule::Ari, true, now));
+    }
+
+    #[test]
+    fn user_threshold_caps_a_late_ari_window() {
+        let disk = info(T0, T0 + Duration::days(90));
+        let w = AriWindow {
+            start: T0 + Duration::days(80),
+            end: T0 + Duration::days(85),
+        };
+        let d = decide(
+            &disk,
+            RenewBefore::default(),
+            Some(&w),
+            T0,
+            &mut StdRng::seed_from_u64(1),
+        );
+        assert_eq!(d.rule, Rule::UserCap);
+        assert_eq!(d.renew_at, T0 + Duration::days(60));
+    }
+
+    #[test]
+    fn backoff_ladder() {
+        let steps: Vec<u64> = (0..6).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(steps, vec![0, 60, 600, 6000, 86400, 86400]);
+        let later = T0 + Duration::hours(5);
+        assert_eq!(next_attempt(1, T0, Some(later)), later);
+        assert_eq!(next_attempt(2, T0, Some(T0)), T0 + Duration::minutes(10));
+    }
+}

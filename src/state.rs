@@ -1,0 +1,320 @@
+//! What is remembered between runs, under `state_dir`: per-certificate retry state and last
+//! outcome (`certs/<name>.json`), per-CA facts learned at run time (`ca/<id>.json`), the ACME
+//! account (`accounts/<id>.json`, written by `acme`), the staging area (`staging/<name>/`,
+//! owned by `store`) and the lock that keeps one certkeeper per `state_dir`.
+//!
+//! Each certificate has its own file, so per-certificate tasks never share mutable state.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::policy::AriWindow;
+use crate::store::write_atomic;
+
+/// What a previous run learned about one certificate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CertRecord {
+    /// Consecutive failed attempts (0 after a success).
+    pub failures: u32,
+    /// When the last attempt failed.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_failure_at: Option<OffsetDateTime>,
+    /// No new order before this time (the retry ladder), unless forced.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// The last error, for `status`.
+    pub last_error: Option<String>,
+    /// When a certificate was last installed.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success_at: Option<OffsetDateTime>,
+    /// Short word for the last run's outcome (`renewed`, `not-due`, `failed`, ...).
+    pub last_outcome: Option<String>,
+    /// Reload hooks have not yet succeeded for the installed set; the next run retries them.
+    pub hooks_pending: bool,
+    /// The CA's ARI window for the installed certificate.
+    pub ari: Option<AriWindow>,
+    /// Serial the ARI window belongs to (a new certificate invalidates it).
+    pub ari_serial: Option<String>,
+    /// When to ask the CA for the ARI window again (its Retry-After).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ari_next_poll: Option<OffsetDateTime>,
+}
+
+/// Facts learned about a CA at run time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaRecord {
+    /// The directory URL, for humans reading the file.
+    pub directory: String,
+    /// The CA accepted an order with `replaces` but did not honour it; never send it again.
+    pub replaces_unsupported: bool,
+    /// The CA's directory offers `renewalInfo`.
+    pub ari_supported: Option<bool>,
+}
+
+/// Errors reading or writing the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Filesystem problem, with the path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A state file that does not parse; it is left in place for inspection.
+    #[error("{path}: corrupt state file: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// Another certkeeper holds the lock.
+    #[error(
+        "another certkeeper is running with state_dir {state_dir} (lock {lock} held by {holder}); wait for it to finish"
+    )]
+    Locked {
+        /// The state directory.
+        state_dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// What the holder wrote: pid and command.
+        holder: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A short stable identifier for a CA directory URL, used in file names.
+pub fn directory_id(directory: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
+    let host: String = directory
+        .trim_start_matches("https://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("ca")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+        .collect();
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{host}-{hex}")
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens the state directory, creating it (mode 0700) if needed.
+    pub fn create(root: &Path) -> Result<Self, StateError> {
+        for sub in ["", "certs", "ca", "accounts", "staging"] {
+            let p = root.join(sub);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(io(&p))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens without creating anything (for `status` and `--dry-run`, which write nothing).
+    pub fn open_readonly(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn cert_file(&self, name: &str) -> PathBuf {
+        self.root.join("certs").join(format!("{name}.json"))
+    }
+
+    /// Where a certificate's new set is staged before installation.
+    pub fn staging_dir(&self, name: &str) -> PathBuf {
+        self.root.join("staging").join(name)
+    }
+
+    /// Where the ACME account for a directory is stored.
+    pub fn account_file(&self, directory: &str) -> PathBuf {
+        self.root
+            .join("accounts")
+            .join(format!("{}.json", directory_id(directory)))
+    }
+
+    fn ca_file(&self, directory: &str) -> PathBuf {
+        self.root
+            .join("ca")
+            .join(format!("{}.json", directory_id(directory)))
+    }
+
+    fn load_json<T: for<'de> Deserialize<'de> + Default>(
+        &self,
+        path: &Path,
+    ) -> Result<T, StateError> {
+        match std::fs::read(path) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| StateError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    fn save_json<T: Serialize>(&self, path: &Path, v: &T) -> Result<(), StateError> {
+        let data = serde_json::to_vec_pretty(v).expect("state serializes");
+        write_atomic(path, &data, 0o600, None).map_err(io(path))
+    }
+
+    /// A certificate's record (default if none yet).
+    pub fn load(&self, name: &str) -> Result<CertRecord, StateError> {
+        self.load_json(&self.cert_file(name))
+    }
+
+    /// Saves a certificate's record atomically.
+    pub fn save(&self, name: &str, rec: &CertRecord) -> Result<(), StateError> {
+        self.save_json(&self.cert_file(name), rec)
+    }
+
+    /// What we learned about a CA.
+    pub fn load_ca(&self, directory: &str) -> Result<CaRecord, StateError> {
+        let mut r: CaRecord = self.load_json(&self.ca_file(directory))?;
+        r.directory = directory.to_string();
+        Ok(r)
+    }
+
+    /// Saves what we learned about a CA.
+    pub fn save_ca(&self, rec: &CaRecord) -> Result<(), StateError> {
+        self.save_json(&self.ca_file(&rec.directory), rec)
+    }
+
+    /// Takes the exclusive lock for this state directory, or says who holds it.
+    pub fn lock(&self, what: &str) -> Result<Lock, StateError> {
+        let path = self.root.join("lock");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        use nix::fcntl::{Flock, FlockArg};
+        match Flock::lock(
+            f.try_clone().map_err(io(&path))?,
+            FlockArg::LockExclusiveNonblock,
+        ) {
+            Ok(mut lock) => {
+                let me = format!(
+                    "pid {} ({what}, since {})",
+                    std::process::id(),
+                    crate::rfc3339(OffsetDateTime::now_utc())
+                );
+                let _ = lock.set_len(0);
+                let _ = lock.write_all(me.as_bytes());
+                let _ = lock.sync_all();
+                Ok(Lock { _file: lock })
+            }
+            Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                let mut holder = String::new();
+                let _ = f.rewind();
+                let _ = f.read_to_string(&mut holder);
+                Err(StateError::Locked {
+                    state_dir: self.root.clone(),
+                    lock: path,
+                    holder: if holder.trim().is_empty() {
+                        "an unknown process".into()
+                    } else {
+                        holder.trim().to_string()
+                    },
+                })
+            }
+            Err((_, errno)) => Err(io(&path)(std::io::Error::from(errno))),
+        }
+    }
+}
+
+/// Held for the life of a run; the kernel releases it if the process dies.
+#[derive(Debug)]
+pub struct Lock {
+    _file: nix::fcntl::Flock<File>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::create(dir.path()).unwrap();
+        assert_eq!(s.load("www").unwrap(), CertRecord::default());
+        let rec = CertRecord {
+            failures: 2,
+            last_error: Some("boom".into()),
+            next_attempt_at: Some(OffsetDateTime::UNIX_EPOCH),
+            hooks_pending: true,
+            ..Default::default()
+        };
+        s.save("www", &rec).unwrap();
+        assert_eq!(s.load("www").unwrap(), rec);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("certs/www.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::create(dir.path()).unwrap();
+        std::fs::write(dir.path().join("certs/www.json"), b"{not json").unwrap();
+        let e = s.load("www").unwrap_err().to_string();
+        assert!(e.contains("www.json") && e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::create(dir.path()).unwrap();
+        let _held = s.lock("renew").unwrap();
+        let e = s.lock("renew").unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(e.contains("renew"), "{e}");
+    }
+
+    #[test]
+    fn directory_ids_differ_per_url() {
+        let a = directory_id("https://127.0.0.1:14000/dir");
+        let b = directory_id("https://127.0.0.1:14001/dir");
+        assert_ne!(a, b);
+        assert!(a.starts_with("127.0.0.1-"));
+    }
+}
