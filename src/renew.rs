@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::acme::{Acme, AcmeError, OrderRequest};
@@ -117,27 +117,72 @@ fn decide(
     policy::decide(disk, cert.renew_before, ari, now, &mut rng)
 }
 
-struct Ctx {
-    cfg: Arc<Config>,
-    state: StateDir,
-    opts: RenewOptions,
-    responders: Responders,
-    acme: OnceCell<Result<Arc<Acme>, String>>,
+/// What a long-lived process keeps between certificate passes: the config, the state
+/// directory, the HTTP-01 responders and the ACME account. `renew` builds one per run; the
+/// daemon keeps one until the config changes.
+pub struct Runner {
+    /// The configuration in force.
+    pub cfg: Arc<Config>,
+    /// The state directory.
+    pub state: StateDir,
+    /// Built-in HTTP-01 responders (kept running once started).
+    pub responders: Responders,
+    acme: tokio::sync::Mutex<AcmeCache>,
 }
 
-impl Ctx {
-    /// Connects once per pass; a failure is shared by every certificate of the pass rather
-    /// than retried by each.
+enum AcmeCache {
+    Empty,
+    Ready(Arc<Acme>),
+    /// A failed connect is shared for a short while, so a pass over many certificates
+    /// against a down CA costs one attempt, not one per certificate.
+    Failed(String, std::time::Instant),
+}
+
+/// How long a failed connection attempt is reused before trying again.
+const CONNECT_FAILURE_TTL: Duration = Duration::from_secs(30);
+
+/// The result of one certificate's pass, and when it next needs attention.
+#[derive(Debug, Clone)]
+pub struct CertResult {
+    /// What happened.
+    pub outcome: Outcome,
+    /// When to look at this certificate again (renewal time, retry time or ARI poll).
+    pub next_wake: OffsetDateTime,
+}
+
+impl Runner {
+    /// A runner over a validated config and an opened state directory.
+    pub fn new(cfg: Arc<Config>, state: StateDir, responders: Responders) -> Self {
+        Self {
+            cfg,
+            state,
+            responders,
+            acme: tokio::sync::Mutex::new(AcmeCache::Empty),
+        }
+    }
+
+    /// The ACME account, connecting (and creating it) on first use.
     async fn acme(&self) -> Result<Arc<Acme>, String> {
-        self.acme
-            .get_or_init(|| async {
-                Acme::connect(&self.cfg.acme, &self.state)
-                    .await
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .clone()
+        let mut cache = self.acme.lock().await;
+        match &*cache {
+            AcmeCache::Ready(a) => return Ok(a.clone()),
+            AcmeCache::Failed(e, at) if at.elapsed() < CONNECT_FAILURE_TTL => {
+                return Err(e.clone());
+            }
+            _ => {}
+        }
+        match Acme::connect(&self.cfg.acme, &self.state).await {
+            Ok(a) => {
+                let a = Arc::new(a);
+                *cache = AcmeCache::Ready(a.clone());
+                Ok(a)
+            }
+            Err(e) => {
+                let e = e.to_string();
+                *cache = AcmeCache::Failed(e.clone(), std::time::Instant::now());
+                Err(e)
+            }
+        }
     }
 }
 
@@ -183,23 +228,18 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
             })
             .collect());
     }
-    let ctx = Arc::new(Ctx {
-        cfg: cfg.clone(),
-        state,
-        opts,
-        responders: Responders::default(),
-        acme: OnceCell::new(),
-    });
+    let runner = Arc::new(Runner::new(cfg.clone(), state, Responders::default()));
+    let force = opts.force;
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, cert) in selected.into_iter().enumerate() {
-        let ctx = ctx.clone();
+        let runner = runner.clone();
         let limit = limit.clone();
         let span = info_span!("cert", cert = %cert.name);
         tasks.spawn(
             async move {
                 let _permit = limit.acquire().await.expect("semaphore open");
-                (i, process(&ctx, &cert).await)
+                (i, runner.process(&cert, force).await.outcome)
             }
             .instrument(span),
         );
@@ -252,103 +292,140 @@ fn dry_run(cfg: &Config, certs: &[CertConfig]) -> Vec<Outcome> {
         .collect()
 }
 
-async fn process(ctx: &Ctx, cert: &CertConfig) -> Outcome {
-    let fail = |summary: String| Outcome {
-        name: cert.name.clone(),
-        ok: false,
-        summary,
-    };
-    let mut rec = match ctx.state.load(&cert.name) {
-        Ok(r) => r,
-        Err(e) => {
-            error!("{e}");
-            return fail(e.to_string());
-        }
-    };
-    let now = OffsetDateTime::now_utc();
-    let disk = inventory::inspect(cert, now);
-    if let OnDisk::Invalid { reason, .. } = &disk {
-        warn!("installed files are not usable: {reason}");
-    }
-    let ari = refresh_ari(ctx, cert, &disk, &mut rec, now).await;
-    let decision = decide(cert, &disk, ari.as_ref(), now);
-    let outcome = if !decision.due && !ctx.opts.force {
-        info!(
-            renew_at = %rfc3339(decision.renew_at),
-            "not due: {}",
-            decision.reason
-        );
-        rec.last_outcome = Some("not-due".into());
-        let mut o = Outcome {
-            name: cert.name.clone(),
-            ok: true,
-            summary: format!("not due (renew at {})", rfc3339(decision.renew_at)),
+/// How soon a failed reload hook is retried by a long-running process.
+pub const HOOK_RETRY: Duration = Duration::from_secs(300);
+
+impl Runner {
+    /// Handles one certificate: decide, respect the back-off, order, install, reload, and
+    /// record. Returns what happened and when the certificate next needs attention.
+    pub async fn process(&self, cert: &CertConfig, force: bool) -> CertResult {
+        let now = OffsetDateTime::now_utc();
+        let fail = |summary: String, next_wake: OffsetDateTime| CertResult {
+            outcome: Outcome {
+                name: cert.name.clone(),
+                ok: false,
+                summary,
+            },
+            next_wake,
         };
-        if rec.hooks_pending
-            && let Some(info) = disk.info()
-        {
-            o = run_hooks(cert, info, &mut rec, "hooks retried").await;
+        let mut rec = match self.state.load(&cert.name) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("{e}");
+                return fail(e.to_string(), now + policy::backoff_delay(1));
+            }
+        };
+        let disk = inventory::inspect(cert, now);
+        if let OnDisk::Invalid { reason, .. } = &disk {
+            warn!("installed files are not usable: {reason}");
         }
-        o
-    } else if let Some(next) = rec.next_attempt_at.filter(|t| *t > now && !ctx.opts.force) {
-        let msg = format!(
-            "due ({}), but backing off after {} failed attempt(s) until {}; last error: {} (use --force to try now)",
-            decision.reason,
-            rec.failures,
-            rfc3339(next),
-            rec.last_error.as_deref().unwrap_or("unknown")
-        );
-        error!("{msg}");
-        return fail(msg);
-    } else {
-        if ctx.opts.force && !decision.due {
+        let ari = self.refresh_ari(cert, &disk, &mut rec, now).await;
+        let decision = decide(cert, &disk, ari.as_ref(), now);
+        let result = if !decision.due && !force {
             info!(
-                "renewing (forced; otherwise due at {})",
-                rfc3339(decision.renew_at)
+                renew_at = %rfc3339(decision.renew_at),
+                "not due: {}",
+                decision.reason
             );
+            rec.last_outcome = Some("not-due".into());
+            let mut outcome = Outcome {
+                name: cert.name.clone(),
+                ok: true,
+                summary: format!("not due (renew at {})", rfc3339(decision.renew_at)),
+            };
+            if rec.hooks_pending
+                && let Some(info) = disk.info()
+            {
+                outcome = run_hooks(cert, info, &mut rec, "hooks retried").await;
+            }
+            CertResult {
+                next_wake: self.next_wake(&rec, decision.renew_at, now),
+                outcome,
+            }
+        } else if let Some(next) = rec.next_attempt_at.filter(|t| *t > now && !force) {
+            let msg = format!(
+                "due ({}), but backing off after {} failed attempt(s) until {}; last error: {} (use --force to try now)",
+                decision.reason,
+                rec.failures,
+                rfc3339(next),
+                rec.last_error.as_deref().unwrap_or("unknown")
+            );
+            error!("{msg}");
+            return fail(msg, next);
         } else {
-            info!("renewing: {}", decision.reason);
-        }
-        match obtain(ctx, cert, &disk, &mut rec).await {
-            Ok(info) => {
-                rec.failures = 0;
-                rec.next_attempt_at = None;
-                rec.last_failure_at = None;
-                rec.last_error = None;
-                rec.last_success_at = Some(OffsetDateTime::now_utc());
-                rec.last_outcome = Some("renewed".into());
+            if force && !decision.due {
                 info!(
-                    not_after = %rfc3339(info.not_after),
-                    serial = %info.serial,
-                    "installed new certificate"
+                    "renewing (forced; otherwise due at {})",
+                    rfc3339(decision.renew_at)
                 );
-                // The ARI window of the new certificate (free when the CA has no ARI).
-                let disk = OnDisk::Present(info.clone());
-                refresh_ari(ctx, cert, &disk, &mut rec, OffsetDateTime::now_utc()).await;
-                run_hooks(cert, &info, &mut rec, "renewed").await
+            } else {
+                info!("renewing: {}", decision.reason);
             }
-            Err(failure) => {
-                let at = OffsetDateTime::now_utc();
-                rec.failures += 1;
-                rec.last_failure_at = Some(at);
-                rec.next_attempt_at =
-                    Some(policy::next_attempt(rec.failures, at, failure.retry_after));
-                rec.last_error = Some(failure.message.clone());
-                rec.last_outcome = Some("failed".into());
-                error!(
-                    next_attempt = %rfc3339(rec.next_attempt_at.unwrap_or(at)),
-                    "renewal failed: {}",
-                    failure.message
-                );
-                fail(failure.message)
+            match self.obtain(cert, &disk, &mut rec).await {
+                Ok(info) => {
+                    rec.failures = 0;
+                    rec.next_attempt_at = None;
+                    rec.last_error = None;
+                    rec.last_success_at = Some(OffsetDateTime::now_utc());
+                    rec.last_outcome = Some("renewed".into());
+                    rec.renewals_ok += 1;
+                    info!(
+                        not_after = %rfc3339(info.not_after),
+                        serial = %info.serial,
+                        "installed new certificate"
+                    );
+                    // The ARI window of the new certificate (free when the CA has no ARI).
+                    let now = OffsetDateTime::now_utc();
+                    let disk = OnDisk::Present(info.clone());
+                    let ari = self.refresh_ari(cert, &disk, &mut rec, now).await;
+                    let outcome = run_hooks(cert, &info, &mut rec, "renewed").await;
+                    let next = decide(cert, &disk, ari.as_ref(), now).renew_at;
+                    CertResult {
+                        next_wake: self.next_wake(&rec, next, now),
+                        outcome,
+                    }
+                }
+                Err(failure) => {
+                    let at = OffsetDateTime::now_utc();
+                    rec.failures += 1;
+                    rec.renewals_failed += 1;
+                    rec.last_failure_at = Some(at);
+                    let next = policy::next_attempt(rec.failures, at, failure.retry_after);
+                    rec.next_attempt_at = Some(next);
+                    rec.last_error = Some(failure.message.clone());
+                    rec.last_outcome = Some("failed".into());
+                    error!(
+                        next_attempt = %rfc3339(next),
+                        "renewal failed: {}",
+                        failure.message
+                    );
+                    fail(failure.message, next)
+                }
             }
+        };
+        if let Err(e) = self.state.save(&cert.name, &rec) {
+            error!("cannot record state: {e}");
+            return fail(e.to_string(), now + policy::backoff_delay(1));
         }
-    };
-    if let Err(e) = ctx.state.save(&cert.name, &rec) {
-        error!("cannot record state: {e}");
-        return fail(e.to_string());
+        result
     }
-    outcome
+
+    /// The earliest of: the renewal time, the next ARI poll, a hook retry.
+    fn next_wake(
+        &self,
+        rec: &CertRecord,
+        renew_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> OffsetDateTime {
+        let mut t = renew_at;
+        if let Some(p) = rec.ari_next_poll {
+            t = t.min(p);
+        }
+        if rec.hooks_pending {
+            t = t.min(now + HOOK_RETRY);
+        }
+        t
+    }
 }
 
 async fn run_hooks(
@@ -383,6 +460,7 @@ async fn run_hooks(
         }
         Err(e) => {
             rec.hooks_pending = true;
+            rec.hook_failures += 1;
             let msg = format!("reload hook failed (will be retried next run): {e}");
             error!("{msg}");
             rec.last_error = Some(msg.clone());
@@ -420,143 +498,145 @@ impl From<AcmeError> for Failure {
     }
 }
 
-/// Asks the CA for the ARI window when the cached one is stale; failures fall back to the
-/// cached window or the threshold, never fail the certificate.
-async fn refresh_ari(
-    ctx: &Ctx,
-    cert: &CertConfig,
-    disk: &OnDisk,
-    rec: &mut CertRecord,
-    now: OffsetDateTime,
-) -> Option<AriWindow> {
-    let info = disk.info()?;
-    let cached = cached_ari(rec, disk);
-    let fresh = rec.ari_next_poll.is_some_and(|t| t > now);
-    if cached.is_some() && fresh {
-        return cached;
-    }
-    let mut ca = ctx.state.load_ca(&ctx.cfg.acme.directory).ok()?;
-    if ca.ari_supported == Some(false) {
-        return None;
-    }
-    let acme = match ctx.acme().await {
-        Ok(a) => a,
-        Err(e) => {
-            warn!("cannot check ARI, using the threshold: {e}");
+impl Runner {
+    /// Asks the CA for the ARI window when the cached one is stale; failures fall back to the
+    /// cached window or the threshold, never fail the certificate.
+    async fn refresh_ari(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        rec: &mut CertRecord,
+        now: OffsetDateTime,
+    ) -> Option<AriWindow> {
+        let info = disk.info()?;
+        let cached = cached_ari(rec, disk);
+        let fresh = rec.ari_next_poll.is_some_and(|t| t > now);
+        if cached.is_some() && fresh {
             return cached;
         }
-    };
-    match acme.renewal_info(&info.leaf_der).await {
-        Ok(Some((w, retry))) => {
-            let retry = retry.clamp(ARI_MIN_POLL, ARI_MAX_POLL);
-            rec.ari = Some(w);
-            rec.ari_serial = Some(info.serial.clone());
-            rec.ari_next_poll = Some(now + retry);
-            if ca.ari_supported != Some(true) {
-                ca.ari_supported = Some(true);
-                let _ = ctx.state.save_ca(&ca);
+        let mut ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
+        if ca.ari_supported == Some(false) {
+            return None;
+        }
+        let acme = match self.acme().await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("cannot check ARI, using the threshold: {e}");
+                return cached;
             }
-            info!(
-                cert = %cert.name,
-                window_start = %rfc3339(w.start),
-                window_end = %rfc3339(w.end),
-                next_poll = %format_duration(retry),
-                "ARI window"
-            );
-            Some(w)
-        }
-        Ok(None) => {
-            ca.ari_supported = Some(false);
-            let _ = ctx.state.save_ca(&ca);
-            info!("the CA does not offer ARI; using the renew_before threshold");
-            None
-        }
-        Err(e) => {
-            warn!("ARI lookup failed, using the cached window or threshold: {e}");
-            cached
+        };
+        match acme.renewal_info(&info.leaf_der).await {
+            Ok(Some((w, retry))) => {
+                let retry = retry.clamp(ARI_MIN_POLL, ARI_MAX_POLL);
+                rec.ari = Some(w);
+                rec.ari_serial = Some(info.serial.clone());
+                rec.ari_next_poll = Some(now + retry);
+                if ca.ari_supported != Some(true) {
+                    ca.ari_supported = Some(true);
+                    let _ = self.state.save_ca(&ca);
+                }
+                info!(
+                    cert = %cert.name,
+                    window_start = %rfc3339(w.start),
+                    window_end = %rfc3339(w.end),
+                    next_poll = %format_duration(retry),
+                    "ARI window"
+                );
+                Some(w)
+            }
+            Ok(None) => {
+                ca.ari_supported = Some(false);
+                let _ = self.state.save_ca(&ca);
+                info!("the CA does not offer ARI; using the renew_before threshold");
+                None
+            }
+            Err(e) => {
+                warn!("ARI lookup failed, using the cached window or threshold: {e}");
+                cached
+            }
         }
     }
-}
 
-/// Orders, verifies, stages and installs a new set. Nothing on disk changes unless the
-/// new set passed verification.
-async fn obtain(
-    ctx: &Ctx,
-    cert: &CertConfig,
-    disk: &OnDisk,
-    rec: &mut CertRecord,
-) -> Result<CertInfo, Failure> {
-    let acme = ctx.acme().await?;
-    let key = keys::generate(cert.key_type)?;
-    let csr = keys::csr_der(&key, &cert.domains)?;
-    let mut ca = ctx
-        .state
-        .load_ca(acme.directory())
-        .map_err(|e| e.to_string())?;
-    let replaces = match disk.info() {
-        Some(info) if ca.ari_supported == Some(true) && !ca.replaces_unsupported => {
-            Some(info.leaf_der.as_slice())
-        }
-        _ => None,
-    };
-    let req = OrderRequest {
-        cert,
-        csr_der: &csr,
-        replaces,
-    };
-    let chain = match acme.order(&req, &ctx.responders).await {
-        Ok(c) => c,
-        Err(AcmeError::ReplacesIgnored { message, .. }) => {
-            warn!(
-                "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"
-            );
-            ca.replaces_unsupported = true;
-            ctx.state.save_ca(&ca).map_err(|e| e.to_string())?;
-            let req = OrderRequest {
-                replaces: None,
-                ..req
-            };
-            acme.order(&req, &ctx.responders).await?
-        }
-        Err(
-            e @ AcmeError::Problem {
-                step: "new order", ..
-            },
-        ) if replaces.is_some() => {
-            warn!("the CA rejected the order with `replaces` ({e}); ordering again without it");
-            let req = OrderRequest {
-                replaces: None,
-                ..req
-            };
-            acme.order(&req, &ctx.responders).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let key_pem = key.serialize_pem();
-    let now = OffsetDateTime::now_utc();
-    let info = inventory::verify_set(key_pem.as_bytes(), chain.as_bytes(), &cert.domains, now)
-        .map_err(|(e, _)| {
-            format!("the CA's certificate failed verification, nothing installed: {e}")
-        })?;
-    let chain_pem = chain
-        .match_indices("-----BEGIN CERTIFICATE-----")
-        .nth(1)
-        .map(|(i, _)| chain[i..].to_string())
-        .unwrap_or_default();
-    let set = NewSet {
-        key_pem,
-        fullchain_pem: chain,
-        chain_pem,
-    };
-    let err = |e: store::StoreError| Failure::from(format!("install failed: {e}"));
-    store::stage(&ctx.state, cert, &set).map_err(err)?;
-    store::install(&ctx.state, &cert.name).map_err(err)?;
-    rec.hooks_pending = true;
-    ctx.state
-        .save(&cert.name, rec)
-        .map_err(|e| Failure::from(e.to_string()))?;
-    store::finish(&ctx.state, &cert.name).map_err(err)?;
-    Ok(info)
+    /// Orders, verifies, stages and installs a new set. Nothing on disk changes unless the
+    /// new set passed verification.
+    async fn obtain(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        rec: &mut CertRecord,
+    ) -> Result<CertInfo, Failure> {
+        let acme = self.acme().await?;
+        let key = keys::generate(cert.key_type)?;
+        let csr = keys::csr_der(&key, &cert.domains)?;
+        let mut ca = self
+            .state
+            .load_ca(acme.directory())
+            .map_err(|e| e.to_string())?;
+        let replaces = match disk.info() {
+            Some(info) if ca.ari_supported == Some(true) && !ca.replaces_unsupported => {
+                Some(info.leaf_der.as_slice())
+            }
+            _ => None,
+        };
+        let req = OrderRequest {
+            cert,
+            csr_der: &csr,
+            replaces,
+        };
+        let chain = match acme.order(&req, &self.responders).await {
+            Ok(c) => c,
+            Err(AcmeError::ReplacesIgnored { message, .. }) => {
+                warn!(
+                    "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"
+                );
+                ca.replaces_unsupported = true;
+                self.state.save_ca(&ca).map_err(|e| e.to_string())?;
+                let req = OrderRequest {
+                    replaces: None,
+                    ..req
+                };
+                acme.order(&req, &self.responders).await?
+            }
+            Err(
+                e @ AcmeError::Problem {
+                    step: "new order", ..
+                },
+            ) if replaces.is_some() => {
+                warn!("the CA rejected the order with `replaces` ({e}); ordering again without it");
+                let req = OrderRequest {
+                    replaces: None,
+                    ..req
+                };
+                acme.order(&req, &self.responders).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let key_pem = key.serialize_pem();
+        let now = OffsetDateTime::now_utc();
+        let info = inventory::verify_set(key_pem.as_bytes(), chain.as_bytes(), &cert.domains, now)
+            .map_err(|(e, _)| {
+                format!("the CA's certificate failed verification, nothing installed: {e}")
+            })?;
+        let chain_pem = chain
+            .match_indices("-----BEGIN CERTIFICATE-----")
+            .nth(1)
+            .map(|(i, _)| chain[i..].to_string())
+            .unwrap_or_default();
+        let set = NewSet {
+            key_pem,
+            fullchain_pem: chain,
+            chain_pem,
+        };
+        let err = |e: store::StoreError| Failure::from(format!("install failed: {e}"));
+        store::stage(&self.state, cert, &set).map_err(err)?;
+        store::install(&self.state, &cert.name).map_err(err)?;
+        rec.hooks_pending = true;
+        self.state
+            .save(&cert.name, rec)
+            .map_err(|e| Failure::from(e.to_string()))?;
+        store::finish(&self.state, &cert.name).map_err(err)?;
+        Ok(info)
+    }
 }
 
 /// One row of `status`.
@@ -592,6 +672,14 @@ pub struct StatusRow {
     pub next_attempt: Option<String>,
     /// Reload hooks still owed for the installed set.
     pub hooks_pending: bool,
+    /// When the last attempt failed.
+    pub last_failure: Option<String>,
+    /// Successful renewals recorded in the state.
+    pub renewals_ok: u64,
+    /// Failed renewal attempts recorded in the state.
+    pub renewals_failed: u64,
+    /// Failed reload hook runs recorded in the state.
+    pub hook_failures: u64,
 }
 
 /// Builds the status rows; reads files and state only, never the network.
@@ -622,6 +710,10 @@ pub fn status(cfg: &Config, now: OffsetDateTime) -> Vec<StatusRow> {
                 failures: rec.failures,
                 next_attempt: rec.next_attempt_at.filter(|t| *t > now).map(rfc3339),
                 hooks_pending: rec.hooks_pending,
+                last_failure: rec.last_failure_at.map(rfc3339),
+                renewals_ok: rec.renewals_ok,
+                renewals_failed: rec.renewals_failed,
+                hook_failures: rec.hook_failures,
             }
         })
         .collect()

@@ -44,6 +44,12 @@ pub struct CertRecord {
     /// When to ask the CA for the ARI window again (its Retry-After).
     #[serde(with = "time::serde::rfc3339::option")]
     pub ari_next_poll: Option<OffsetDateTime>,
+    /// Successful renewals so far (for metrics).
+    pub renewals_ok: u64,
+    /// Failed renewal attempts so far (for metrics).
+    pub renewals_failed: u64,
+    /// Failed reload hook runs so far (for metrics).
+    pub hook_failures: u64,
 }
 
 /// Facts learned about a CA at run time.
