@@ -45,9 +45,15 @@ pub enum Command {
         /// Print each decision and its reason; order nothing, write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// After the pass, write Prometheus metrics for node_exporter's textfile
+        /// collector to this file (atomically).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
         /// Only these certificates (by name).
         names: Vec<String>,
     },
+    /// Run as a daemon: renew on schedule, watch the files, reload on SIGHUP, serve metrics.
+    Run,
     /// Show each certificate's expiry, renewal time and reason, state and last error.
     Status {
         /// Print a JSON array instead of a table.

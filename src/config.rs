@@ -345,8 +345,46 @@ macro_rules! cert_options {
             owner: Option<Spanned<String>>,
             group: Option<Spanned<String>>,
             profile: Option<Spanned<String>>,
+            reload_signal: Option<Spanned<RawReloadSignal>>,
         }
     };
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReloadSignal {
+    pidfile: PathBuf,
+    #[serde(default = "default_signal")]
+    signal: String,
+}
+
+fn default_signal() -> String {
+    "HUP".into()
+}
+
+/// Built-in reload by signal, for sidecars that share a process namespace with the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSignal {
+    /// File holding the server's pid.
+    pub pidfile: PathBuf,
+    /// Signal to send.
+    pub signal: nix::sys::signal::Signal,
+}
+
+/// Parses `HUP`, `SIGHUP` or a number into a signal.
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+    use nix::sys::signal::Signal;
+    let t = s.trim().to_ascii_uppercase();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{s:?} is not a signal number"));
+    }
+    let name = if t.starts_with("SIG") {
+        t
+    } else {
+        format!("SIG{t}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("{s:?} is not a signal name such as \"HUP\" or \"USR1\""))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -389,6 +427,7 @@ struct RawAcme {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     state_dir: Option<Spanned<PathBuf>>,
+    metrics_listen: Option<Spanned<String>>,
     acme: Spanned<RawAcme>,
     #[serde(default)]
     defaults: RawDefaults,
@@ -462,6 +501,8 @@ pub struct CertConfig {
     pub group: Option<String>,
     /// ACME profile to request, if the CA offers profiles.
     pub profile: Option<String>,
+    /// Signal a pidfile's process after hooks (daemon/sidecar setups).
+    pub reload_signal: Option<ReloadSignal>,
     /// Where each key of this certificate was written, for pointing errors at lines.
     pub locs: BTreeMap<String, Loc>,
 }
@@ -488,6 +529,8 @@ pub struct Config {
     pub acme: AcmeConfig,
     /// The managed certificates, in file order.
     pub certs: Vec<CertConfig>,
+    /// Serve /metrics and /healthz here (daemon mode).
+    pub metrics_listen: Option<SocketAddr>,
     /// Locations of top-level keys.
     pub locs: BTreeMap<String, Loc>,
 }
@@ -816,6 +859,23 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         None => PathBuf::from(DEFAULT_STATE_DIR),
     };
 
+    let metrics_listen = raw.metrics_listen.as_ref().and_then(|m| {
+        locs.insert("metrics_listen".into(), ctx.loc(&m.span()));
+        match m.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                ctx.err(
+                    &m.span(),
+                    "metrics_listen",
+                    format!(
+                        "{:?} is not an address such as \"127.0.0.1:9814\"",
+                        m.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    });
     let acme_span = raw.acme.span();
     let acme_raw = raw.acme.into_inner();
     let dir = acme_raw.directory.get_ref().trim().to_string();
@@ -993,6 +1053,20 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         let owner = pick!(owner).map(|v| v.get_ref().clone());
         let group = pick!(group).map(|v| v.get_ref().clone());
         let profile = pick!(profile).map(|v| v.get_ref().clone());
+        let reload_signal = match pick!(reload_signal) {
+            None => None,
+            Some(rs) => match parse_signal(&rs.get_ref().signal) {
+                Ok(signal) => Some(ReloadSignal {
+                    pidfile: ctx.path(&rs.get_ref().pidfile),
+                    signal,
+                }),
+                Err(m) => {
+                    let span = rs.span();
+                    ctx.err(&span, key("reload_signal"), m);
+                    None
+                }
+            },
+        };
         let reload = pick!(reload)
             .map(|v| v.get_ref().clone())
             .unwrap_or_default();
@@ -1116,6 +1190,7 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
             owner,
             group,
             profile,
+            reload_signal,
             locs: clocs,
         });
     }
@@ -1130,6 +1205,7 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
             eab,
         },
         certs,
+        metrics_listen,
         locs,
     }
 }
@@ -1250,6 +1326,31 @@ key_path = "/etc/tls/www.key"
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn reload_signal_and_metrics_listen() {
+        let src = BASE.replace("[acme]", "metrics_listen = \"127.0.0.1:9814\"\n[acme]")
+            + "reload_signal = { pidfile = \"/run/nginx.pid\", signal = \"USR1\" }\n";
+        let c = parse(&src).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9814".parse().unwrap()));
+        let rs = c.certs[0].reload_signal.clone().unwrap();
+        assert_eq!(rs.signal, nix::sys::signal::Signal::SIGUSR1);
+        assert_eq!(rs.pidfile, Path::new("/run/nginx.pid"));
+        let bad = format!("{BASE}reload_signal = {{ pidfile = \"/x\", signal = \"NOPE\" }}\n");
+        let e = first_err(&bad);
+        assert!(
+            e.key.ends_with("reload_signal") && e.message.contains("NOPE"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_signal("hup").unwrap(),
+            nix::sys::signal::Signal::SIGHUP
+        );
+        assert_eq!(
+            parse_signal("15").unwrap(),
+            nix::sys::signal::Signal::SIGTERM
+        );
     }
 
     #[test]

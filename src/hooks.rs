@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tracing::{info, warn};
 
+use crate::config::ReloadSignal;
+
 /// The facts a reload hook receives about the certificate just installed.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookEvent {
@@ -79,6 +81,16 @@ pub enum HookError {
         secs: u64,
         /// Last stderr lines, prefixed.
         tail: String,
+    },
+    /// The built-in reload signal could not be delivered.
+    #[error("reload_signal {signal} to the pid in {pidfile}: {message}")]
+    Signal {
+        /// The pidfile.
+        pidfile: PathBuf,
+        /// The signal's name.
+        signal: String,
+        /// Why it failed.
+        message: String,
     },
     /// It exited unsuccessfully.
     #[error("{argv} failed ({status}){tail}")]
@@ -215,6 +227,7 @@ pub async fn run(
 /// later hook never runs against a server that failed to take the new files.
 pub async fn run_reload_hooks(
     hooks: &[Vec<String>],
+    signal: Option<&ReloadSignal>,
     event: &HookEvent,
     timeout: Duration,
 ) -> Result<(), HookError> {
@@ -232,7 +245,29 @@ pub async fn run_reload_hooks(
         )
         .await?;
     }
+    if let Some(rs) = signal {
+        send_signal(rs)?;
+        info!(cert = %event.name, pidfile = %rs.pidfile.display(), signal = %rs.signal, "sent reload signal");
+    }
     Ok(())
+}
+
+/// Sends the configured signal to the process whose pid is in the pidfile.
+pub fn send_signal(rs: &ReloadSignal) -> Result<(), HookError> {
+    let fail = |message: String| HookError::Signal {
+        pidfile: rs.pidfile.clone(),
+        signal: rs.signal.to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(&rs.pidfile).map_err(|e| fail(e.to_string()))?;
+    let pid: i32 = text
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p > 1)
+        .ok_or_else(|| fail(format!("no valid pid in {:?}", text.trim())))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), rs.signal)
+        .map_err(|e| fail(format!("pid {pid}: {e}")))
 }
 
 #[cfg(test)]
@@ -262,9 +297,14 @@ mod tests {
             not_after: "2026-01-01T00:00:00Z".into(),
             serial: "0a".into(),
         };
-        run_reload_hooks(&[argv(&["sh", "-c", &script])], &ev, Duration::from_secs(5))
-            .await
-            .unwrap();
+        run_reload_hooks(
+            &[argv(&["sh", "-c", &script])],
+            None,
+            &ev,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let got = std::fs::read_to_string(out).unwrap();
         assert!(got.starts_with("www|a.example,b.example\n"), "{got}");
         let json: serde_json::Value = serde_json::from_str(got.lines().nth(1).unwrap()).unwrap();
@@ -309,6 +349,28 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "grandchild survived the timeout");
+    }
+
+    #[test]
+    fn reload_signal_reaches_the_pidfile_process() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfile = d.path().join("pid");
+        std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+        let rs = ReloadSignal {
+            pidfile: pidfile.clone(),
+            signal: nix::sys::signal::Signal::SIGTERM,
+        };
+        send_signal(&rs).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(15));
+        std::fs::write(&pidfile, "garbage").unwrap();
+        let e = send_signal(&rs).unwrap_err().to_string();
+        assert!(e.contains("no valid pid"), "{e}");
     }
 
     #[tokio::test]

@@ -14,14 +14,18 @@
 //! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
 //! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
 //! - [`renew`]: one pass over all certificates, plus `status` and `--dry-run`.
+//! - [`daemon`]: `certkeeper run`: schedule, file watch, signals, metrics server.
+//! - [`metrics`]: Prometheus rendering shared by `/metrics` and `--metrics-file`.
 
 pub mod acme;
 pub mod challenge;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod hooks;
 pub mod inventory;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod renew;
 pub mod state;

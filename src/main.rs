@@ -116,9 +116,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => {
+            let cfg = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(certkeeper::daemon::run(
+                path,
+                cfg,
+                certkeeper::daemon::shutdown_signal(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Renew {
             force,
             dry_run,
+            metrics_file,
             names,
         } => {
             let cfg = match load(&path) {
@@ -134,7 +151,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dry_run,
                 names,
             };
-            match rt.block_on(renew::renew(cfg, opts)) {
+            let result = rt.block_on(renew::renew(cfg.clone(), opts));
+            if let Some(mf) = &metrics_file
+                && !dry_run
+            {
+                let rows = renew::status(&cfg, time::OffsetDateTime::now_utc());
+                if let Err(e) = certkeeper::metrics::write_textfile(mf, &rows) {
+                    eprintln!(
+                        "certkeeper: cannot write metrics file {}: {e}",
+                        mf.display()
+                    );
+                    return Ok(ExitCode::from(EXIT_FAILED));
+                }
+            }
+            match result {
                 Ok(outcomes) => {
                     let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
                     if failed.is_empty() {

@@ -445,7 +445,14 @@ async fn run_hooks(
         not_after: rfc3339(info.not_after),
         serial: info.serial.clone(),
     };
-    match run_reload_hooks(&cert.reload, &event, cert.hook_timeout).await {
+    match run_reload_hooks(
+        &cert.reload,
+        cert.reload_signal.as_ref(),
+        &event,
+        cert.hook_timeout,
+    )
+    .await
+    {
         Ok(()) => {
             rec.hooks_pending = false;
             if done == "hooks retried" {
@@ -680,6 +687,22 @@ pub struct StatusRow {
     pub renewals_failed: u64,
     /// Failed reload hook runs recorded in the state.
     pub hook_failures: u64,
+    /// Unix timestamps of the above, for metrics.
+    #[serde(skip)]
+    pub times: RowTimes,
+}
+
+/// The row's times as Unix seconds, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RowTimes {
+    /// not_after.
+    pub not_after: Option<i64>,
+    /// renew_at.
+    pub renew_at: i64,
+    /// Last success.
+    pub last_success: Option<i64>,
+    /// Last failure.
+    pub last_failure: Option<i64>,
 }
 
 /// Builds the status rows; reads files and state only, never the network.
@@ -714,6 +737,12 @@ pub fn status(cfg: &Config, now: OffsetDateTime) -> Vec<StatusRow> {
                 renewals_ok: rec.renewals_ok,
                 renewals_failed: rec.renewals_failed,
                 hook_failures: rec.hook_failures,
+                times: RowTimes {
+                    not_after: info.map(|i| i.not_after.unix_timestamp()),
+                    renew_at: d.renew_at.unix_timestamp(),
+                    last_success: rec.last_success_at.map(|t| t.unix_timestamp()),
+                    last_failure: rec.last_failure_at.map(|t| t.unix_timestamp()),
+                },
             }
         })
         .collect()

@@ -1,0 +1,173 @@
+//! Prometheus metrics, rendered from the same facts as `status` (files on disk + state), so
+//! `/metrics`, the node_exporter textfile and `status --json` can never disagree.
+//!
+//! The daemon serves them on `metrics_listen` (`/metrics`, `/healthz`); timer mode writes
+//! them with `renew --metrics-file PATH` (atomically, for node_exporter's textfile
+//! collector). Counters live in the state files, so they survive restarts and timer runs.
+
+use std::path::Path;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::policy::CertState;
+use crate::renew::StatusRow;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(name: &str) -> Labels {
+    vec![("name".to_string(), name.to_string())]
+}
+
+/// Renders the Prometheus text exposition for the given status rows.
+pub fn render(rows: &[StatusRow]) -> String {
+    let mut reg = Registry::with_prefix("certkeeper");
+    let not_after = Family::<Labels, Gauge>::default();
+    let renew_at = Family::<Labels, Gauge>::default();
+    let last_success = Family::<Labels, Gauge>::default();
+    let last_failure = Family::<Labels, Gauge>::default();
+    let valid = Family::<Labels, Gauge>::default();
+    let state = Family::<Labels, Gauge>::default();
+    let renewals = Family::<Labels, Counter>::default();
+    let hook_failures = Family::<Labels, Counter>::default();
+    for r in rows {
+        let l = labels(&r.name);
+        if let Some(t) = r.times.not_after {
+            not_after.get_or_create(&l).set(t);
+        }
+        renew_at.get_or_create(&l).set(r.times.renew_at);
+        if let Some(t) = r.times.last_success {
+            last_success.get_or_create(&l).set(t);
+        }
+        if let Some(t) = r.times.last_failure {
+            last_failure.get_or_create(&l).set(t);
+        }
+        let usable = matches!(r.state, CertState::Valid | CertState::Due);
+        valid.get_or_create(&l).set(i64::from(usable));
+        for s in [
+            CertState::Valid,
+            CertState::Due,
+            CertState::Missing,
+            CertState::Invalid,
+            CertState::Expired,
+        ] {
+            let mut sl = l.clone();
+            sl.push(("state".into(), s.as_str().into()));
+            state.get_or_create(&sl).set(i64::from(r.state == s));
+        }
+        for (result, n) in [("success", r.renewals_ok), ("failure", r.renewals_failed)] {
+            let mut rl = l.clone();
+            rl.push(("result".into(), result.into()));
+            renewals.get_or_create(&rl).inc_by(n);
+        }
+        hook_failures.get_or_create(&l).inc_by(r.hook_failures);
+    }
+    reg.register(
+        "certificate_not_after_timestamp_seconds",
+        "Expiry of the installed certificate (Unix time)",
+        not_after,
+    );
+    reg.register(
+        "certificate_renew_at_timestamp_seconds",
+        "When the certificate is scheduled for renewal (Unix time)",
+        renew_at,
+    );
+    reg.register(
+        "certificate_last_success_timestamp_seconds",
+        "When a new certificate was last installed (Unix time)",
+        last_success,
+    );
+    reg.register(
+        "certificate_last_failure_timestamp_seconds",
+        "When a renewal attempt last failed (Unix time)",
+        last_failure,
+    );
+    reg.register(
+        "certificate_valid",
+        "1 if the installed set is usable (parses, key matches, names covered, not expired)",
+        valid,
+    );
+    reg.register(
+        "certificate_state",
+        "1 for the certificate's current state (valid, due, missing, invalid, expired)",
+        state,
+    );
+    reg.register(
+        "certificate_renewals",
+        "Renewal attempts by result",
+        renewals,
+    );
+    reg.register(
+        "certificate_hook_failures",
+        "Failed reload hook runs",
+        hook_failures,
+    );
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}
+
+/// Writes the metrics for node_exporter's textfile collector, atomically (0644).
+pub fn write_textfile(path: &Path, rows: &[StatusRow]) -> std::io::Result<()> {
+    crate::store::write_atomic(path, render(rows).as_bytes(), 0o644, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Rule;
+    use crate::renew::RowTimes;
+
+    fn row(name: &str, state: CertState) -> StatusRow {
+        StatusRow {
+            name: name.into(),
+            domains: vec!["a.example".into()],
+            not_after: None,
+            remaining_seconds: None,
+            renew_at: String::new(),
+            reason: String::new(),
+            rule: Rule::Fraction,
+            state,
+            serial: None,
+            last_error: None,
+            last_outcome: None,
+            last_success: None,
+            failures: 0,
+            next_attempt: None,
+            hooks_pending: false,
+            last_failure: None,
+            renewals_ok: 3,
+            renewals_failed: 1,
+            hook_failures: 2,
+            times: RowTimes {
+                not_after: Some(1_900_000_000),
+                renew_at: 1_800_000_000,
+                last_success: Some(1_700_000_000),
+                last_failure: None,
+            },
+        }
+    }
+
+    #[test]
+    fn renders_per_certificate_series() {
+        let text = render(&[row("www", CertState::Valid), row("api", CertState::Expired)]);
+        for want in [
+            "certkeeper_certificate_not_after_timestamp_seconds{name=\"www\"} 1900000000",
+            "certkeeper_certificate_renew_at_timestamp_seconds{name=\"www\"} 1800000000",
+            "certkeeper_certificate_last_success_timestamp_seconds{name=\"www\"} 1700000000",
+            "certkeeper_certificate_valid{name=\"www\"} 1",
+            "certkeeper_certificate_valid{name=\"api\"} 0",
+            "certkeeper_certificate_state{name=\"api\",state=\"expired\"} 1",
+            "certkeeper_certificate_renewals_total{name=\"www\",result=\"success\"} 3",
+            "certkeeper_certificate_renewals_total{name=\"www\",result=\"failure\"} 1",
+            "certkeeper_certificate_hook_failures_total{name=\"www\"} 2",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(!text.contains("last_failure_timestamp_seconds{name=\"www\"}"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
