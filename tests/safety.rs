@@ -346,7 +346,7 @@ fn second_instance_names_lock_holder() {
     let slow = env.write_script(
         "slow-dns-hook",
         &format!(
-            "if [ \"$1\" = set ]; then touch '{}'; sleep 3; fi\nexec '{}' \"$@\"",
+            "if [ \"$2\" = set ]; then touch '{}'; sleep 3; fi\nexec '{}' \"$@\"",
             marker.display(),
             DNS_HOOK
         ),
