@@ -47,8 +47,10 @@ fn init_logging(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_env("CERTKEEPER_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,certkeeper={level}")));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => builder.with_target(false).init(),

@@ -142,6 +142,8 @@ mod tests {
             renewals_ok: 3,
             renewals_failed: 1,
             hook_failures: 2,
+            ari_window: None,
+            ari_next_poll: None,
             times: RowTimes {
                 not_after: Some(1_900_000_000),
                 renew_at: 1_800_000_000,

@@ -687,6 +687,10 @@ pub struct StatusRow {
     pub renewals_failed: u64,
     /// Failed reload hook runs recorded in the state.
     pub hook_failures: u64,
+    /// The CA's ARI window for the installed certificate, if known: [start, end].
+    pub ari_window: Option<[String; 2]>,
+    /// When the ARI window will be fetched again.
+    pub ari_next_poll: Option<String>,
     /// Unix timestamps of the above, for metrics.
     #[serde(skip)]
     pub times: RowTimes,
@@ -717,6 +721,7 @@ pub fn status(cfg: &Config, now: OffsetDateTime) -> Vec<StatusRow> {
             };
             let (disk, d) = evaluate(cert, &rec, now);
             let info = disk.info();
+            let ari_window = cached_ari(&rec, &disk).map(|w| [rfc3339(w.start), rfc3339(w.end)]);
             StatusRow {
                 name: cert.name.clone(),
                 domains: cert.domains.clone(),
@@ -737,6 +742,8 @@ pub fn status(cfg: &Config, now: OffsetDateTime) -> Vec<StatusRow> {
                 renewals_ok: rec.renewals_ok,
                 renewals_failed: rec.renewals_failed,
                 hook_failures: rec.hook_failures,
+                ari_window,
+                ari_next_poll: rec.ari_next_poll.map(rfc3339),
                 times: RowTimes {
                     not_after: info.map(|i| i.not_after.unix_timestamp()),
                     renew_at: d.renew_at.unix_timestamp(),
