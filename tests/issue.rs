@@ -381,3 +381,93 @@ fn eab_required() {
         );
     }
 }
+
+/// Other key types, and a haproxy-style bundle (key + full chain in one file,
+/// not readable by others).
+#[test]
+fn key_types_and_bundle() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let bundle = env.path("certs/rsa.bundle.pem");
+    let cfg = env.write_config(&format!(
+        "{}{}{}",
+        env.defaults_http01(""),
+        env.cert_block("p384", &["p384.example.com"], "key_type = \"ecdsa-p384\""),
+        env.cert_block(
+            "rsa",
+            &["rsa.example.com"],
+            &format!(
+                "key_type = \"rsa-2048\"\nbundle_path = {}",
+                toml_str(&bundle)
+            )
+        )
+    ));
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 0, "renew:\n{out}");
+
+    let (p384, p384_key) = env.cert_paths("p384");
+    assert_key_matches(&p384, &p384_key);
+    let text = key_text(&p384_key);
+    assert!(
+        text.contains("P-384") || text.contains("secp384r1"),
+        "not a P-384 key:\n{text}"
+    );
+
+    let (rsa, rsa_key) = env.cert_paths("rsa");
+    assert_key_matches(&rsa, &rsa_key);
+    let text = key_text(&rsa_key);
+    assert!(text.contains("(2048 bit"), "not an RSA-2048 key:\n{text}");
+    assert_eq!(mode(&rsa_key), 0o600);
+
+    assert_eq!(
+        mode(&bundle) & 0o077,
+        0,
+        "the bundle holds a private key but is readable by others"
+    );
+    let bundle_blocks = pem_blocks(&fs::read_to_string(&bundle).unwrap());
+    let key_blocks = pem_blocks(&fs::read_to_string(&rsa_key).unwrap());
+    let chain_blocks = pem_blocks(&fs::read_to_string(&rsa).unwrap());
+    for b in key_blocks.iter().chain(&chain_blocks) {
+        assert!(bundle_blocks.contains(b), "the bundle lacks a block:\n{b}");
+    }
+    assert_eq!(
+        bundle_blocks.len(),
+        key_blocks.len() + chain_blocks.len(),
+        "the bundle holds something else besides key + full chain"
+    );
+}
+
+/// A CA that rejects an order: exit 1, the message names the certificate and
+/// the ACME problem type; the other certificate is still issued.
+#[test]
+fn rejected_order_names_problem_and_others_proceed() {
+    let env = TestEnv::with_pebble(PebbleOpts {
+        blocklist: vec!["blocked.example.com".into()],
+        ..PebbleOpts::default()
+    });
+    let cfg = env.write_config(&format!(
+        "{}{}{}",
+        env.defaults_http01(""),
+        env.cert_block("refused", &["blocked.example.com"], ""),
+        env.cert_block("accepted", &["accepted.example.com"], "")
+    ));
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("refused") && l.contains("rejectedIdentifier")),
+        "no error line names both the certificate and the problem type:\n{out}"
+    );
+    let (cert, key) = env.cert_paths("accepted");
+    assert_key_matches(&cert, &key);
+    let (cert, key) = env.cert_paths("refused");
+    assert!(!cert.exists() && !key.exists());
+    let st = env.status_of(&cfg, "refused");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rejectedIdentifier")),
+        "status does not show the problem: {st}"
+    );
+    assert_eq!(env.status_of(&cfg, "accepted")["state"], "valid");
+}

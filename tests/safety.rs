@@ -263,42 +263,92 @@ fn crash_mid_install_rolls_forward() {
     assert_eq!(lines(&count).len(), 2, "nothing left to do, no reload");
 }
 
-/// A cert file that is not PEM shows as invalid and is replaced; the garbage
-/// is kept as `.prev`.
+/// Bad files on disk: a cert that is not PEM, an expired cert, a cert that
+/// is not valid yet and a key that doesn't match. Each shows up in `status`,
+/// is replaced by `renew`, and the old files are kept as `.prev`.
 #[test]
-fn garbage_cert_is_invalid_and_reissued() {
+fn bad_files_on_disk_are_replaced() {
     let env = TestEnv::with_pebble(PebbleOpts::default());
-    let cfg = env.write_config(&format!(
-        "{}{}",
-        env.defaults_http01(""),
-        env.cert_block("junk", &["junk.example.com"], "")
-    ));
-    let (cert, key) = env.cert_paths("junk");
-    let garbage = b"this is not a certificate\n\x00\x01\x02".to_vec();
-    fs::write(&cert, &garbage).unwrap();
-    let key_text = rcgen::KeyPair::generate().unwrap().serialize_pem();
-    fs::write(&key, &key_text).unwrap();
-    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let names = ["junk", "expired", "future", "mismatch"];
+    let mut body = env.defaults_http01("");
+    for n in names {
+        body.push_str(&env.cert_block(n, &[&format!("{n}.example.com")], ""));
+    }
+    let cfg = env.write_config(&body);
+    let day = Duration::from_secs(86400);
+    let mut old = Vec::new();
+    for n in names {
+        let domain = format!("{n}.example.com");
+        let domain = domain.as_str();
+        let (cert_pem, key_pem) = match n {
+            "junk" => (
+                "this is not a certificate\n\u{1}\u{2}".to_owned(),
+                self_signed(&[domain], now() - day, now() + 30 * day).1,
+            ),
+            "expired" => self_signed(&[domain], now() - 3 * day, now() - day),
+            "future" => self_signed(&[domain], now() + day, now() + 30 * day),
+            _ => {
+                let (cert, _) = self_signed(&[domain], now() - day, now() + 30 * day);
+                (
+                    cert,
+                    self_signed(&[domain], now() - day, now() + 30 * day).1,
+                )
+            }
+        };
+        let (cert, key) = env.cert_paths(n);
+        fs::write(&cert, &cert_pem).unwrap();
+        fs::write(&key, &key_pem).unwrap();
+        fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        old.push((n, cert_pem, key_pem));
+    }
 
-    let st = env.status_of(&cfg, "junk");
-    assert_eq!(st["state"], "invalid", "{st}");
-    assert!(st["not_after"].is_null(), "{st}");
-    assert!(st["reason"].as_str().is_some_and(|r| !r.is_empty()), "{st}");
+    let status = env.status_json(&cfg);
+    let state = |n: &str| {
+        status
+            .iter()
+            .find(|e| e["name"] == n)
+            .unwrap_or_else(|| panic!("no status for {n}"))
+            .clone()
+    };
+    assert_eq!(state("junk")["state"], "invalid", "{}", state("junk"));
+    assert!(state("junk")["not_after"].is_null(), "{}", state("junk"));
+    assert_eq!(state("expired")["state"], "expired", "{}", state("expired"));
+    assert_eq!(
+        state("mismatch")["state"],
+        "invalid",
+        "{}",
+        state("mismatch")
+    );
+    let future = state("future")["state"].clone();
+    assert!(
+        future == "invalid" || future == "due",
+        "a not-yet-valid cert must not count as fine: {}",
+        state("future")
+    );
+    for n in names {
+        let e = state(n);
+        assert!(e["reason"].as_str().is_some_and(|r| !r.is_empty()), "{e}");
+    }
 
     let out = env.run(&cfg, &["renew"]);
-    assert_eq!(out.code, 0, "renew over garbage:\n{out}");
-    assert_key_matches(&cert, &key);
-    assert_eq!(
-        read(&env.path("certs/junk.pem.prev")),
-        garbage,
-        "garbage lost"
-    );
-    assert_eq!(
-        read(&env.path("certs/junk.key.prev")),
-        key_text.as_bytes(),
-        "old key lost"
-    );
-    assert_eq!(env.status_of(&cfg, "junk")["state"], "valid");
+    assert_eq!(out.code, 0, "renew over bad files:\n{out}");
+    for (n, cert_pem, key_pem) in &old {
+        let (cert, key) = env.cert_paths(n);
+        assert_key_matches(&cert, &key);
+        assert_eq!(cert_sans(&cert), [format!("{n}.example.com")]);
+        env.pebble().assert_chain_verifies(&cert);
+        assert_eq!(
+            read(&env.path(&format!("certs/{n}.pem.prev"))),
+            cert_pem.as_bytes(),
+            "{n}: old cert lost"
+        );
+        assert_eq!(
+            read(&env.path(&format!("certs/{n}.key.prev"))),
+            key_pem.as_bytes(),
+            "{n}: old key lost"
+        );
+        assert_eq!(env.status_of(&cfg, n)["state"], "valid");
+    }
 }
 
 /// `--force` renews what is not due; `renew NAME` touches only that cert.
@@ -309,7 +359,7 @@ fn force_and_named_selection() {
         "{}{}{}",
         env.defaults_http01(""),
         env.cert_block("alpha", &["alpha.example.com"], ""),
-        env.cert_block("beta", &["beta.example.com"], "")
+        env.cert_block("beta", &["beta.example.com"], "renew_before = \"10m\"")
     ));
     let (a, ak) = env.cert_paths("alpha");
     let (b, bk) = env.cert_paths("beta");
@@ -325,6 +375,17 @@ fn force_and_named_selection() {
     assert_key_matches(&b, &bk);
     assert_eq!(read(&a), a1, "alpha was not due");
     let b1 = read(&b);
+
+    // a per-certificate duration threshold: renew 10 minutes before expiry
+    let st = env.status_of(&cfg, "beta");
+    let not_after = rfc3339(&st["not_after"], "not_after");
+    let renew_at = rfc3339(&st["renew_at"], "renew_at");
+    let threshold = not_after - Duration::from_secs(600);
+    assert!(
+        renew_at <= threshold + Duration::from_secs(1)
+            && renew_at >= threshold - Duration::from_secs(360),
+        "renew_before = 10m but renew_at = {renew_at}, not_after = {not_after}"
+    );
 
     let out = env.run(&cfg, &["renew", "--force", "beta"]);
     assert_eq!(out.code, 0, "{out}");
@@ -389,4 +450,111 @@ fn second_instance_names_lock_holder() {
     );
     let (cert, key) = env.cert_paths("locked");
     assert_key_matches(&cert, &key);
+}
+
+/// A reload hook that outlives `hook_timeout` is killed together with its
+/// process group, and the run fails.
+#[test]
+fn hook_timeout_kills_process_group() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let pidfile = env.path("grandchild.pid");
+    let hook = env.write_script(
+        "hanging-hook",
+        &format!("sleep 60 &\necho $! > '{}'\nsleep 60", pidfile.display()),
+    );
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        env.defaults_http01("hook_timeout = \"1s\""),
+        env.cert_block(
+            "slowhook",
+            &["slowhook.example.com"],
+            &format!("reload = [[{}]]", toml_str(&hook))
+        )
+    ));
+    let start = std::time::Instant::now();
+    let out = env.run(&cfg, &["renew"]);
+    let took = start.elapsed();
+    assert_eq!(out.code, 1, "a timed-out hook is a failure:\n{out}");
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}: the timeout did not fire"
+    );
+    assert!(
+        out.stderr.to_lowercase().contains("time"),
+        "the error does not say the hook timed out:\n{out}"
+    );
+    let (cert, key) = env.cert_paths("slowhook");
+    assert_key_matches(&cert, &key);
+    let pid: u32 = fs::read_to_string(&pidfile)
+        .expect("the hook did not start")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(3), || !pid_alive(pid)),
+        "the hook's background child {pid} survived the timeout"
+    );
+}
+
+/// Validation fails (a DNS hook that publishes the wrong value, a webroot
+/// nobody serves): the run fails and the challenges are still cleaned up.
+#[test]
+fn challenges_cleaned_up_on_failure() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    assert!(Path::new(DNS_HOOK).exists(), "{DNS_HOOK} is missing");
+    let calls = env.path("dns-calls");
+    let lying = env.write_script(
+        "lying-dns-hook",
+        &format!(
+            "echo \"$2 $3\" >> '{calls}'\nif [ \"$2\" = set ]; then exec '{hook}' \"$1\" set \"$3\" wrong-value; fi\nexec '{hook}' \"$@\"",
+            calls = calls.display(),
+            hook = DNS_HOOK
+        ),
+    );
+    let webroot = env.path("webroot");
+    fs::create_dir_all(&webroot).unwrap();
+    let cfg = env.write_config(&format!(
+        "{}{}{}",
+        env.defaults_http01(""),
+        env.cert_block(
+            "dnsfail",
+            &["dnsfail.example.com"],
+            &format!(
+                "challenge = \"dns-01\"\ndns01_hook = [{}, {}]",
+                toml_str(&lying),
+                toml_str(env.pebble().challtestsrv_url())
+            )
+        ),
+        env.cert_block(
+            "webfail",
+            &["webfail.example.com"],
+            &format!("http01_webroot = {}", toml_str(&webroot))
+        )
+    ));
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("dnsfail"), "{out}");
+    assert!(out.stderr.contains("webfail"), "{out}");
+
+    let record = "_acme-challenge.dnsfail.example.com.";
+    let log = lines(&calls);
+    assert!(
+        log.iter().any(|l| l == &format!("set {record}")),
+        "the DNS hook was never asked to set the record: {log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l == &format!("clear {record}")),
+        "the DNS record was not cleared after the failure: {log:?}"
+    );
+    assert_eq!(txt_answer_count(env.ports.dns, record), 0);
+
+    let challenge_dir = webroot.join(".well-known/acme-challenge");
+    let left: Vec<_> = fs::read_dir(&challenge_dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "challenge files left behind: {left:?}");
+    for name in ["dnsfail", "webfail"] {
+        let (cert, key) = env.cert_paths(name);
+        assert!(!cert.exists() && !key.exists(), "{name} installed anyway");
+    }
 }

@@ -234,6 +234,8 @@ pub struct PebbleOpts {
     pub nonce_reject: Option<u32>,
     /// `externalAccountBindingRequired` with these (kid, base64url HMAC key) pairs.
     pub eab_keys: Option<Vec<(String, String)>>,
+    /// `domainBlocklist`: names Pebble rejects with `rejectedIdentifier`.
+    pub blocklist: Vec<String>,
 }
 
 impl Default for PebbleOpts {
@@ -242,6 +244,7 @@ impl Default for PebbleOpts {
             validity_secs: 3600,
             nonce_reject: None,
             eab_keys: None,
+            blocklist: Vec::new(),
         }
     }
 }
@@ -286,6 +289,7 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": opts.eab_keys.is_some(),
             "certificateValidityPeriod": opts.validity_secs,
+            "domainBlocklist": opts.blocklist,
         });
         if let Some(keys) = &opts.eab_keys {
             let map: serde_json::Map<String, Value> = keys
@@ -843,6 +847,40 @@ pub fn normalize_hex(s: &str) -> String {
         .to_ascii_uppercase();
     let t = s.trim_start_matches('0');
     if t.is_empty() { "0".into() } else { t.into() }
+}
+
+/// `openssl pkey -noout -text` of a private key (algorithm and size).
+pub fn key_text(key: &Path) -> String {
+    openssl(&["pkey", "-noout", "-text"], key)
+}
+
+/// A self-signed certificate for `domains` valid from `not_before` to
+/// `not_after`, and its key, as PEM.
+pub fn self_signed(
+    domains: &[&str],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(domains.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Is a process with this pid still alive (and not a zombie)?
+pub fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            // the state follows the ")" that closes the command name
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+    }
 }
 
 /// The leaf's DNS SANs.
