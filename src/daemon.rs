@@ -197,6 +197,26 @@ impl WatchMap {
     }
 }
 
+/// A cheap fingerprint of a certificate's installed files, to tell a real change from the
+/// echo of our own install (or a mere metadata event).
+fn fingerprint(cfg: &Config, name: &str) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let c = cfg.certs.iter().find(|c| c.name == name)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in [
+        Some(&c.cert_path),
+        Some(&c.key_path),
+        c.chain_path.as_ref(),
+        c.bundle_path.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::read(p).ok().hash(&mut h);
+    }
+    Some(h.finish())
+}
+
 fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -358,6 +378,7 @@ pub async fn run(
     }
     let mut busy: HashSet<String> = HashSet::new();
     let mut recheck: HashSet<String> = HashSet::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
     let mut tasks: JoinSet<(String, CertResult)> = JoinSet::new();
     let mut dirty = Dirty::default();
     let mut debounce: Option<Instant> = None;
@@ -411,7 +432,11 @@ pub async fn run(
                 match joined {
                     Ok((name, res)) => {
                         busy.remove(&name);
-                        if recheck.remove(&name) {
+                        if let Some(f) = fingerprint(&runner.cfg, &name) {
+                            seen.insert(name.clone(), f);
+                        }
+                        // Events seen while we installed are our own renames.
+                        if recheck.remove(&name) && !res.installed {
                             schedule.set(&name, Instant::now());
                         } else {
                             schedule.set_wall(&name, res.next_wake);
@@ -446,6 +471,15 @@ pub async fn run(
                     }
                 }
                 for name in d.certs {
+                    if busy.contains(&name) {
+                        recheck.insert(name);
+                        continue;
+                    }
+                    let now_fp = fingerprint(&runner.cfg, &name);
+                    if now_fp.is_some() && now_fp == seen.get(&name).copied() {
+                        debug!(cert = %name, "file event without a change (our own install)");
+                        continue;
+                    }
                     info!(cert = %name, "watched file changed, re-evaluating");
                     if busy.contains(&name) {
                         recheck.insert(name);

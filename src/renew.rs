@@ -148,6 +148,8 @@ pub struct CertResult {
     pub outcome: Outcome,
     /// When to look at this certificate again (renewal time, retry time or ARI poll).
     pub next_wake: OffsetDateTime,
+    /// A new set was installed (so file events from this pass are our own).
+    pub installed: bool,
 }
 
 impl Runner {
@@ -307,6 +309,7 @@ impl Runner {
                 summary,
             },
             next_wake,
+            installed: false,
         };
         let mut rec = match self.state.load(&cert.name) {
             Ok(r) => r,
@@ -341,6 +344,7 @@ impl Runner {
             CertResult {
                 next_wake: self.next_wake(&rec, decision.renew_at, now),
                 outcome,
+                installed: false,
             }
         } else if let Some(next) = rec.next_attempt_at.filter(|t| *t > now && !force) {
             let msg = format!(
@@ -383,6 +387,7 @@ impl Runner {
                     CertResult {
                         next_wake: self.next_wake(&rec, next, now),
                         outcome,
+                        installed: true,
                     }
                 }
                 Err(failure) => {
