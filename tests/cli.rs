@@ -252,6 +252,10 @@ fn unreachable_ca_names_certificate() {
         out.stderr.contains("unreachable-www"),
         "the error does not name the certificate:\n{out}"
     );
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "human logs to a pipe carry ANSI escapes:\n{out}"
+    );
     let (cert, key) = env.cert_paths("unreachable-www");
     assert!(!cert.exists() && !key.exists());
     let st = env.status_of(&cfg, "unreachable-www");

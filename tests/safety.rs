@@ -407,7 +407,7 @@ fn second_instance_names_lock_holder() {
     let slow = env.write_script(
         "slow-dns-hook",
         &format!(
-            "if [ \"$2\" = set ]; then touch '{}'; sleep 3; fi\nexec '{}' \"$@\"",
+            "if [ \"$2\" = set ]; then touch '{}'; sleep 5; fi\nexec '{}' \"$@\"",
             marker.display(),
             DNS_HOOK
         ),
