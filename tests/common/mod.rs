@@ -11,6 +11,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod a2c;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
