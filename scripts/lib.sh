@@ -19,9 +19,19 @@ ensure_debian_packages() {
         return 0
     fi
     log "missing: ${missing[*]}; installing Debian packages: $*"
+    apt_install "$@" || return 1
+    for c in $cmds; do
+        if ! command -v "$c" >/dev/null 2>&1; then
+            echo "error: '$c' is still missing after installing: $*" >&2
+            return 1
+        fi
+    done
+}
+
+# apt_install PKG...: apt-get update + install (with sudo when not root).
+apt_install() {
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: ${missing[*]} not found and apt-get is not available." >&2
-        echo "       Install these yourself (Debian/Ubuntu package names): $*" >&2
+        echo "error: apt-get is not available. Install these yourself (Debian/Ubuntu package names): $*" >&2
         return 1
     fi
     local sudo=()
@@ -35,12 +45,6 @@ ensure_debian_packages() {
     fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
-    for c in $cmds; do
-        if ! command -v "$c" >/dev/null 2>&1; then
-            echo "error: '$c' is still missing after installing: $*" >&2
-            return 1
-        fi
-    done
 }
 
 # ensure_acme_test_deps: Pebble 2.4.0 (pebble + pebble-challtestsrv), openssl, curl.
@@ -82,4 +86,59 @@ free_port() {
     done
     echo "error: no free port in $1-$2" >&2
     return 1
+}
+
+# The acme2certifier release the ARI tests run as a second CA (tests/common/a2c.rs).
+A2C_VERSION=0.46.3
+
+# a2c_venv_dir: where the tests' acme2certifier venv lives. The same rule as
+# tests/common/a2c.rs: $CERTKEEPER_A2C_VENV, else
+# <CARGO_TARGET_DIR (relative to the repo) or <repo>/target>/a2c-venv.
+a2c_venv_dir() {
+    if [ -n "${CERTKEEPER_A2C_VENV:-}" ]; then
+        echo "$CERTKEEPER_A2C_VENV"
+        return 0
+    fi
+    local root target
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    target=${CARGO_TARGET_DIR:-target}
+    case $target in
+        /*) ;;
+        *) target="$root/$target" ;;
+    esac
+    echo "$target/a2c-venv"
+}
+
+# ensure_a2c_venv: create the venv with acme2certifier $A2C_VERSION when it is
+# missing, so that the tests don't pay for it inside their timeouts. Uses the
+# same lock and ready marker as the test harness (which is the fallback).
+# `python3 -m venv` needs Debian's python3-venv on some machines: it is
+# installed when the first attempt fails.
+ensure_a2c_venv() {
+    local venv marker
+    venv=$(a2c_venv_dir)
+    marker="$venv/.certkeeper-a2c-ready"
+    if [ "$(cat "$marker" 2>/dev/null)" = "$A2C_VERSION" ]; then
+        return 0
+    fi
+    ensure_debian_packages "python3 flock" python3 util-linux || return 1
+    mkdir -p "$(dirname "$venv")" || return 1
+    # Explicit checks: callers may run this where `set -e` is off (`step` does).
+    (
+        flock 9 || exit 1
+        if [ "$(cat "$marker" 2>/dev/null)" = "$A2C_VERSION" ]; then
+            exit 0
+        fi
+        log "creating the acme2certifier $A2C_VERSION venv at $venv"
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv"; then
+            rm -rf "$venv"
+            log "python3 -m venv failed; installing python3-venv"
+            apt_install python3-venv || exit 1
+            python3 -m venv "$venv" || exit 1
+        fi
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+            "acme2certifier==$A2C_VERSION" || exit 1
+        printf '%s' "$A2C_VERSION" >"$marker"
+    ) 9>"$(dirname "$venv")/a2c-venv.lock"
 }

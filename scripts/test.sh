@@ -8,7 +8,10 @@
 # What it installs when missing: pebble (gives pebble and pebble-challtestsrv,
 # the real ACME CA the tests run against), openssl and curl, via apt-get
 # (with sudo when not root). The tests start and stop Pebble themselves, on
-# loopback ports of their own.
+# loopback ports of their own. It also creates the Python venv with
+# acme2certifier (the second CA, with ARI, that tests/ari.rs runs) at
+# ${CARGO_TARGET_DIR:-target}/a2c-venv when it is missing, installing
+# python3-venv with apt-get if `python3 -m venv` needs it.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +41,7 @@ summary() {
 }
 
 step deps ensure_acme_test_deps
+step a2c ensure_a2c_venv
 step toolchain ensure_cargo rustfmt clippy
 step hooks scripts/test-hooks.sh
 step fmt cargo fmt --all -- --check
