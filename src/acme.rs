@@ -644,7 +644,7 @@ impl Acme {
         }
 
         let policy = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
+            .initial_delay(Duration::from_millis(100))
             .backoff(1.5)
             .timeout(Duration::from_secs(120));
         let status = step!(self, "wait for validation", order.poll_ready(&policy));

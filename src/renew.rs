@@ -28,7 +28,7 @@ use crate::state::{CertRecord, StateDir, StateError};
 use crate::store::{self, NewSet};
 use crate::{inventory, keys};
 
-/// How many certificates are processed at once.
+/// How many orders run at once.
 pub const MAX_CONCURRENT: usize = 4;
 /// ARI is re-checked at least this often, whatever Retry-After says (Let's Encrypt asks
 /// for twice a day).
@@ -128,6 +128,9 @@ pub struct Runner {
     /// Built-in HTTP-01 responders (kept running once started).
     pub responders: Responders,
     acme: tokio::sync::Mutex<AcmeCache>,
+    /// At most `MAX_CONCURRENT` orders at once, so a fleet of certificates does not hit
+    /// the CA all at the same moment.
+    orders: Semaphore,
 }
 
 enum AcmeCache {
@@ -160,6 +163,7 @@ impl Runner {
             state,
             responders,
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
+            orders: Semaphore::new(MAX_CONCURRENT),
         }
     }
 
@@ -232,19 +236,12 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
     }
     let runner = Arc::new(Runner::new(cfg.clone(), state, Responders::default()));
     let force = opts.force;
-    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, cert) in selected.into_iter().enumerate() {
         let runner = runner.clone();
-        let limit = limit.clone();
         let span = info_span!("cert", cert = %cert.name);
-        tasks.spawn(
-            async move {
-                let _permit = limit.acquire().await.expect("semaphore open");
-                (i, runner.process(&cert, force).await.outcome)
-            }
-            .instrument(span),
-        );
+        tasks
+            .spawn(async move { (i, runner.process(&cert, force).await.outcome) }.instrument(span));
     }
     let mut out = Vec::new();
     while let Some(r) = tasks.join_next().await {
@@ -365,7 +362,14 @@ impl Runner {
             } else {
                 info!("renewing: {}", decision.reason);
             }
-            match self.obtain(cert, &disk, &mut rec).await {
+            let permit = self
+                .orders
+                .acquire()
+                .await
+                .expect("semaphore is never closed");
+            let obtained = self.obtain(cert, &disk, &mut rec).await;
+            drop(permit);
+            match obtained {
                 Ok(info) => {
                     rec.failures = 0;
                     rec.next_attempt_at = None;
