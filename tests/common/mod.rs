@@ -12,6 +12,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod a2c;
+pub mod daemon;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
