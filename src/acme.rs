@@ -110,6 +110,11 @@ impl AcmeError {
         }
     }
 
+    /// The CA no longer knows our account (it was deleted, or the CA was reset).
+    pub fn is_account_gone(&self) -> bool {
+        matches!(self, Self::Problem { kind, .. } if kind.ends_with(":accountDoesNotExist"))
+    }
+
     fn is_bad_nonce(&self) -> bool {
         matches!(self, Self::Problem { kind, .. } if kind.ends_with(":badNonce"))
     }
@@ -212,12 +217,18 @@ fn build_http(cfg: &AcmeConfig) -> Result<Http, AcmeError> {
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // ACME POSTs go out as two writes (headers, body); without TCP_NODELAY the second one
+    // waits for the server's delayed ACK, about 40 ms per request.
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(30)));
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(http);
     Ok(Http {
         inner: HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -377,6 +388,18 @@ macro_rules! step {
     }};
 }
 
+/// What an ARI look-up found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AriLookup {
+    /// The suggested window, and when to ask again.
+    Window(AriWindow, Duration),
+    /// The CA's directory has no `renewalInfo`.
+    Unsupported,
+    /// This certificate cannot be identified for ARI (no Authority Key Identifier), which
+    /// says nothing about the CA.
+    NoIdentifier,
+}
+
 /// A new certificate chain as the CA returned it (PEM, leaf first).
 pub type ChainPem = String;
 
@@ -481,29 +504,26 @@ impl Acme {
 
     /// The CA's suggested renewal window for a leaf, with when to ask again. `Ok(None)` if
     /// the CA does not offer ARI.
-    pub async fn renewal_info(
-        &self,
-        leaf_der: &[u8],
-    ) -> Result<Option<(AriWindow, Duration)>, AcmeError> {
+    pub async fn renewal_info(&self, leaf_der: &[u8]) -> Result<AriLookup, AcmeError> {
         let der = CertificateDer::from(leaf_der);
         let id = match CertificateIdentifier::try_from(&der) {
             Ok(id) => id,
             Err(e) => {
                 debug!("no ARI identifier for this certificate: {e}");
-                return Ok(None);
+                return Ok(AriLookup::NoIdentifier);
             }
         };
         let r: Result<_, AcmeError> = step!(self, "renewalInfo", self.account.renewal_info(&id));
         match r {
-            Ok((info, retry)) => Ok(Some((
+            Ok((info, retry)) => Ok(AriLookup::Window(
                 AriWindow {
                     start: info.suggested_window.start,
                     end: info.suggested_window.end,
                 },
                 retry,
-            ))),
+            )),
             Err(AcmeError::Other { message, .. }) if message.contains("does not support") => {
-                Ok(None)
+                Ok(AriLookup::Unsupported)
             }
             Err(e) => Err(e),
         }

@@ -159,6 +159,9 @@ pub async fn run(
         source,
     })?;
     let pid = child.id();
+    // If this future is dropped (a daemon shutting down mid-order), the whole group goes,
+    // not just the direct child that `kill_on_drop` covers.
+    let mut group = GroupGuard(pid.map(|p| nix::unistd::Pid::from_raw(p as i32)));
     if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
         // A hook that ignores stdin closes it early; that is fine.
         tokio::spawn(async move {
@@ -178,14 +181,13 @@ pub async fn run(
         v
     });
     let status = tokio::time::timeout(timeout, child.wait()).await;
-    let timed_out = status.is_err();
-    if let Some(pid) = pid {
-        // Kill the whole group: on timeout, and also any background leftovers holding our
-        // pipes open after the hook itself exited.
-        let pg = nix::unistd::Pid::from_raw(pid as i32);
-        if timed_out {
-            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
-        }
+    if status.is_err() {
+        // Timed out: kill the whole group, grandchildren included.
+        group.kill();
+    } else {
+        // The hook finished on its own; whatever it started in the background is its
+        // business.
+        group.0 = None;
     }
     let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
         match tokio::time::timeout(Duration::from_secs(2), h).await {
@@ -220,6 +222,23 @@ pub async fn run(
             status: s.to_string(),
             tail: tail(&stderr, &stdout),
         }),
+    }
+}
+
+/// Kills a hook's process group when dropped while armed.
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pg) = self.0.take() {
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -371,6 +390,26 @@ mod tests {
         std::fs::write(&pidfile, "garbage").unwrap();
         let e = send_signal(&rs).unwrap_err().to_string();
         assert!(e.contains("no valid pid"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn cancelled_hook_takes_its_group_with_it() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("survived");
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let argv = argv(&["sh", "-c", &script]);
+        let run = run("dns01", "t", &argv, &[], None, Duration::from_secs(60));
+        // Drop the future mid-run, as an aborted daemon task does.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), run)
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !marker.exists(),
+            "the hook's background child outlived the cancellation"
+        );
     }
 
     #[tokio::test]

@@ -182,7 +182,7 @@ pub fn decide(
                 let span = (w.end - w.start).max(Duration::ZERO);
                 w.start + span * rng.random::<f64>()
             };
-            if ari_at <= threshold_at {
+            if ari_at <= jittered {
                 let why = if w.start <= now {
                     format!(
                         "ARI: the CA's renewal window opened at {}",
@@ -198,9 +198,12 @@ pub fn decide(
                 (ari_at, Rule::Ari, why)
             } else {
                 (
-                    threshold_at,
+                    jittered,
                     Rule::UserCap,
-                    format!("{reason}; earlier than the CA's ARI window"),
+                    format!(
+                        "{reason}; comes before the point picked in the CA's ARI window ({})",
+                        crate::rfc3339(ari_at)
+                    ),
                 )
             }
         }
@@ -450,7 +453,12 @@ mod tests {
             &mut StdRng::seed_from_u64(1),
         );
         assert_eq!(d.rule, Rule::UserCap);
-        assert_eq!(d.renew_at, T0 + Duration::days(60));
+        assert!(d.renew_at <= T0 + Duration::days(60), "{d:?}");
+        assert!(
+            d.renew_at >= T0 + Duration::days(60) - Duration::days(90) / 20,
+            "{d:?}"
+        );
+        assert!(d.reason.contains("ARI window"), "{d:?}");
     }
 
     #[test]

@@ -16,9 +16,9 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::acme::{Acme, AcmeError, OrderRequest};
+use crate::acme::{Acme, AcmeError, AriLookup, OrderRequest};
 use crate::challenge::Responders;
 use crate::config::{CertConfig, Config, format_duration};
 use crate::hooks::{HookEvent, run_reload_hooks};
@@ -103,18 +103,38 @@ fn cached_ari(rec: &CertRecord, disk: &OnDisk) -> Option<AriWindow> {
 pub fn evaluate(cert: &CertConfig, rec: &CertRecord, now: OffsetDateTime) -> (OnDisk, Decision) {
     let disk = inventory::inspect(cert, now);
     let ari = cached_ari(rec, &disk);
-    let decision = decide(cert, &disk, ari.as_ref(), now);
+    let decision = decide(cert, &disk, ari.as_ref(), rec, now);
     (disk, decision)
 }
 
+/// The policy decision, except that an open ARI window for a certificate we have only just
+/// installed is held until the next ARI poll: a CA that says "renew now" for every new
+/// certificate would otherwise make us renew in a tight loop.
 fn decide(
     cert: &CertConfig,
     disk: &OnDisk,
     ari: Option<&AriWindow>,
+    rec: &CertRecord,
     now: OffsetDateTime,
 ) -> Decision {
     let mut rng = jitter_rng(&cert.name, disk.info().map(|i| i.serial.as_str()));
-    policy::decide(disk, cert.renew_before, ari, now, &mut rng)
+    let held = match (ari, rec.ari_hold_until) {
+        (Some(w), Some(until)) if w.start <= now && until > now => Some(until),
+        _ => None,
+    };
+    let ari = if held.is_some() { None } else { ari };
+    let mut d = policy::decide(disk, cert.renew_before, ari, now, &mut rng);
+    if let Some(until) = held
+        && !d.due
+    {
+        d.renew_at = d.renew_at.min(until);
+        d.reason = format!(
+            "the CA's ARI window was already open when this certificate was issued; asking again at {} ({})",
+            rfc3339(until),
+            d.reason
+        );
+    }
+    d
 }
 
 /// What a long-lived process keeps between certificate passes: the config, the state
@@ -164,6 +184,18 @@ impl Runner {
             responders,
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
             orders: Semaphore::new(MAX_CONCURRENT),
+        }
+    }
+
+    /// Drops the account the CA no longer knows (kept as `<file>.lost` for inspection), so
+    /// the next connection creates a new one.
+    async fn forget_account(&self) {
+        let mut cache = self.acme.lock().await;
+        *cache = AcmeCache::Empty;
+        let path = self.state.account_file(&self.cfg.acme.directory);
+        let lost = path.with_extension("json.lost");
+        if let Err(e) = std::fs::rename(&path, &lost) {
+            warn!("cannot set aside {}: {e}", path.display());
         }
     }
 
@@ -320,7 +352,7 @@ impl Runner {
             warn!("installed files are not usable: {reason}");
         }
         let ari = self.refresh_ari(cert, &disk, &mut rec, now).await;
-        let decision = decide(cert, &disk, ari.as_ref(), now);
+        let decision = decide(cert, &disk, ari.as_ref(), &rec, now);
         let result = if !decision.due && !force {
             info!(
                 renew_at = %rfc3339(decision.renew_at),
@@ -386,8 +418,19 @@ impl Runner {
                     let now = OffsetDateTime::now_utc();
                     let disk = OnDisk::Present(info.clone());
                     let ari = self.refresh_ari(cert, &disk, &mut rec, now).await;
+                    rec.ari_hold_until = match ari {
+                        Some(w) if w.start <= now => {
+                            let until = rec.ari_next_poll.unwrap_or(now + ARI_MIN_POLL);
+                            warn!(
+                                "the CA's ARI window for the certificate it just issued is already open; not renewing again before {}",
+                                rfc3339(until)
+                            );
+                            Some(until)
+                        }
+                        _ => None,
+                    };
                     let outcome = run_hooks(cert, &info, &mut rec, "renewed").await;
-                    let next = decide(cert, &disk, ari.as_ref(), now).renew_at;
+                    let next = decide(cert, &disk, ari.as_ref(), &rec, now).renew_at;
                     CertResult {
                         next_wake: self.next_wake(&rec, next, now),
                         outcome,
@@ -527,7 +570,7 @@ impl Runner {
         let info = disk.info()?;
         let cached = cached_ari(rec, disk);
         let fresh = rec.ari_next_poll.is_some_and(|t| t > now);
-        if cached.is_some() && fresh {
+        if fresh && rec.ari_serial.as_deref() == Some(info.serial.as_str()) {
             return cached;
         }
         let mut ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
@@ -542,7 +585,7 @@ impl Runner {
             }
         };
         match acme.renewal_info(&info.leaf_der).await {
-            Ok(Some((w, retry))) => {
+            Ok(AriLookup::Window(w, retry)) => {
                 let retry = retry.clamp(ARI_MIN_POLL, ARI_MAX_POLL);
                 rec.ari = Some(w);
                 rec.ari_serial = Some(info.serial.clone());
@@ -560,10 +603,19 @@ impl Runner {
                 );
                 Some(w)
             }
-            Ok(None) => {
+            Ok(AriLookup::Unsupported) => {
                 ca.ari_supported = Some(false);
                 let _ = self.state.save_ca(&ca);
                 info!("the CA does not offer ARI; using the renew_before threshold");
+                None
+            }
+            Ok(AriLookup::NoIdentifier) => {
+                // Not the CA's fault: remember for this certificate only, and don't ask
+                // again before the usual re-check.
+                rec.ari = None;
+                rec.ari_serial = Some(info.serial.clone());
+                rec.ari_next_poll = Some(now + ARI_MAX_POLL);
+                debug!("certificate has no Authority Key Identifier; no ARI for it");
                 None
             }
             Err(e) => {
@@ -601,6 +653,12 @@ impl Runner {
         };
         let chain = match acme.order(&req, &self.responders).await {
             Ok(c) => c,
+            Err(e) if e.is_account_gone() => {
+                warn!("{e}; creating a new account and ordering again");
+                self.forget_account().await;
+                let acme = self.acme().await?;
+                acme.order(&req, &self.responders).await?
+            }
             Err(AcmeError::ReplacesIgnored { message, .. }) => {
                 warn!(
                     "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"

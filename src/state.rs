@@ -44,6 +44,9 @@ pub struct CertRecord {
     /// When to ask the CA for the ARI window again (its Retry-After).
     #[serde(with = "time::serde::rfc3339::option")]
     pub ari_next_poll: Option<OffsetDateTime>,
+    /// An open ARI window for a just-issued certificate is not acted on before this time.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ari_hold_until: Option<OffsetDateTime>,
     /// Successful renewals so far (for metrics).
     pub renewals_ok: u64,
     /// Failed renewal attempts so far (for metrics).
