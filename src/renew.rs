@@ -119,19 +119,21 @@ fn decide(
 ) -> Decision {
     let mut rng = jitter_rng(&cert.name, disk.info().map(|i| i.serial.as_str()));
     let held = match (ari, rec.ari_hold_until) {
-        (Some(w), Some(until)) if w.start <= now && until > now => Some(until),
+        (Some(w), Some(until)) if w.start <= now && until > now => Some((w.start, until)),
         _ => None,
     };
     let ari = if held.is_some() { None } else { ari };
     let mut d = policy::decide(disk, cert.renew_before, ari, now, &mut rng);
-    if let Some(until) = held
+    if let Some((start, until)) = held
         && !d.due
+        && until <= d.renew_at
     {
-        d.renew_at = d.renew_at.min(until);
+        d.renew_at = until;
+        d.rule = policy::Rule::Ari;
         d.reason = format!(
-            "the CA's ARI window was already open when this certificate was issued; asking again at {} ({})",
-            rfc3339(until),
-            d.reason
+            "ARI: the CA's renewal window opened at {}, already when this certificate was issued; not renewing before the next ARI poll at {}",
+            rfc3339(start),
+            rfc3339(until)
         );
     }
     d
