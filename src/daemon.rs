@@ -435,6 +435,10 @@ pub async fn run(
                         if let Some(f) = fingerprint(&runner.cfg, &name) {
                             seen.insert(name.clone(), f);
                         }
+                        if res.installed && watch.dirs.len() < watch.map.watch_dirs().len() {
+                            // A directory that did not exist at start-up may exist now.
+                            watch.update(&runner.cfg, &config_path);
+                        }
                         // Events seen while we installed are our own renames.
                         if recheck.remove(&name) && !res.installed {
                             schedule.set(&name, Instant::now());

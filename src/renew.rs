@@ -386,7 +386,7 @@ impl Runner {
                 rec.last_error.as_deref().unwrap_or("unknown")
             );
             error!("{msg}");
-            return fail(msg, next);
+            fail(msg, next)
         } else {
             if force && !decision.due {
                 info!(
