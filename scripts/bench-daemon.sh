@@ -24,6 +24,7 @@ IDLE=${BENCH_IDLE:-60}
 DELETES=${BENCH_DELETES:-5}
 
 ensure_acme_test_deps
+# shellcheck disable=SC2119 # no extra components needed
 ensure_cargo
 log "building certkeeper (release)"
 cargo build --release --bin certkeeper
@@ -32,9 +33,8 @@ bin="$repo/${CARGO_TARGET_DIR:-target}/release/certkeeper"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/certkeeper-bench-daemon.XXXXXX")
 pids=()
 cleanup() {
-    local rc=$? p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    local rc=$?
+    stop_pids
     rm -rf "$tmp"
     exit "$rc"
 }
@@ -43,16 +43,7 @@ trap cleanup EXIT
 now_ms() { date +%s%3N; }
 
 log "Pebble CA and ports"
-(
-    cd "$tmp"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-        -out ca.pem -days 30 -subj "/CN=bench CA" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key \
-        -out leaf.csr -subj /CN=localhost 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
-    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem \
-        -days 30 -extfile leaf.ext 2>/dev/null
-)
+pebble_tls "$tmp" "bench CA"
 acme=$(free_port 16000 16099)
 mgmt=$(free_port 16100 16199)
 http=$(free_port 16200 16299)
@@ -60,21 +51,8 @@ tls=$(free_port 16300 16399)
 dns=$(free_port 16400 16499)
 cts=$(free_port 16500 16599)
 metrics=$(free_port 16600 16699)
-cat >"$tmp/pebble.json" <<JSON
-{"pebble":{"listenAddress":"127.0.0.1:$acme","managementListenAddress":"127.0.0.1:$mgmt",
- "certificate":"$tmp/leaf.pem","privateKey":"$tmp/leaf.key","httpPort":$http,"tlsPort":$tls,
- "ocspResponderURL":"","externalAccountBindingRequired":false,"certificateValidityPeriod":86400}}
-JSON
-pebble-challtestsrv -dns01 "127.0.0.1:$dns" -http01 "" -https01 "" -tlsalpn01 "" \
-    -management "127.0.0.1:$cts" -defaultIPv6 "" >"$tmp/cts.log" 2>&1 &
-pids+=("$!")
-PEBBLE_VA_NOSLEEP=1 pebble -config "$tmp/pebble.json" -dnsserver "127.0.0.1:$dns" \
-    >"$tmp/pebble.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 100); do
-    curl -sf -o /dev/null --cacert "$tmp/ca.pem" "https://127.0.0.1:$acme/dir" && break
-    sleep 0.1
-done
+start_pebble "$tmp" "$acme" "$mgmt" "$http" "$tls" "$dns" "$cts" 86400
+wait_pebble "$tmp" "$acme" "$cts" >/dev/null
 
 mkdir -p "$tmp/certs"
 {
@@ -83,7 +61,7 @@ state_dir = "$tmp/state"
 metrics_listen = "127.0.0.1:$metrics"
 [acme]
 directory = "https://127.0.0.1:$acme/dir"
-ca_bundle = "$tmp/ca.pem"
+ca_bundle = "$tmp/pebble/ca.pem"
 [defaults]
 http01_listen = "127.0.0.1:$http"
 TOML

@@ -112,13 +112,8 @@ mkdir -p "$tmp/pebble" "$tmp/runs" "$tmp/hooks"
 
 pids=()
 cleanup() {
-    local rc=$? pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    local rc=$?
+    stop_pids
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "bench files kept in $tmp" >&2
     else
@@ -131,16 +126,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "a CA and a leaf for Pebble's HTTPS listener"
-(
-    cd "$tmp/pebble"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout ca.key -out ca.pem -days 30 -subj "/CN=certkeeper bench CA" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout leaf.key -out leaf.csr -subj /CN=localhost 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
-    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -out leaf.pem -days 30 -extfile leaf.ext 2>/dev/null
-)
+pebble_tls "$tmp" "certkeeper bench CA"
 ca="$tmp/pebble/ca.pem"
 
 acme_port=$(free_port 14300 14399)
@@ -152,14 +138,8 @@ cts_port=$(free_port 18400 18499)
 directory="https://127.0.0.1:$acme_port/dir"
 cts_url="http://127.0.0.1:$cts_port"
 
-cat >"$tmp/pebble/pebble.json" <<JSON
-{"pebble":{"listenAddress":"127.0.0.1:$acme_port","managementListenAddress":"127.0.0.1:$pebble_mgmt_port",
- "certificate":"$tmp/pebble/leaf.pem","privateKey":"$tmp/pebble/leaf.key",
- "httpPort":$http01_port,"tlsPort":$tls_port,"ocspResponderURL":"",
- "externalAccountBindingRequired":false,"certificateValidityPeriod":$VALIDITY}}
-JSON
-
-pebble_env=(PEBBLE_VA_NOSLEEP=1 "PEBBLE_AUTHZREUSE=$AUTHZREUSE")
+# Pebble's environment besides PEBBLE_VA_NOSLEEP=1 (which start_pebble sets).
+pebble_env=("PEBBLE_AUTHZREUSE=$AUTHZREUSE")
 if [ -n "${BENCH_NONCEREJECT:-}" ]; then
     pebble_env+=("PEBBLE_WFE_NONCEREJECT=$BENCH_NONCEREJECT")
 fi
@@ -167,33 +147,9 @@ nonce_desc=${BENCH_NONCEREJECT:-5}%
 [ -n "${BENCH_NONCEREJECT:-}" ] || nonce_desc="$nonce_desc (default)"
 
 log "starting pebble-challtestsrv and pebble: $directory, HTTP-01 on 127.0.0.1:$http01_port"
-pebble-challtestsrv -dns01 "127.0.0.1:$dns_port" -http01 "" -https01 "" -tlsalpn01 "" \
-    -management "127.0.0.1:$cts_port" -defaultIPv6 "" >"$tmp/challtestsrv.log" 2>&1 &
-pids+=("$!")
-env "${pebble_env[@]}" pebble -config "$tmp/pebble/pebble.json" -dnsserver "127.0.0.1:$dns_port" \
-    >"$tmp/pebble.log" 2>&1 &
-pids+=("$!")
-
-wait_for() { # wait_for WHAT LOGFILE PID CURL-ARGS...
-    local what=$1 logf=$2 pid=$3 i
-    shift 3
-    for ((i = 0; i < 100; i++)); do
-        if curl -s -o /dev/null "$@"; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "error: $what exited; its log ($logf):" >&2
-            cat "$logf" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "error: $what did not come up within 10 s; its log ($logf):" >&2
-    cat "$logf" >&2
-    return 1
-}
-wait_for pebble-challtestsrv "$tmp/challtestsrv.log" "${pids[0]}" "$cts_url/"
-wait_for pebble "$tmp/pebble.log" "${pids[1]}" --cacert "$ca" "$directory"
+start_pebble "$tmp" "$acme_port" "$pebble_mgmt_port" "$http01_port" "$tls_port" "$dns_port" "$cts_port" \
+    "$VALIDITY" "${pebble_env[@]}"
+wait_pebble "$tmp" "$acme_port" "$cts_port" >/dev/null
 
 # DNS-01 hooks for the peers, as thin wrappers around the shipped hook that
 # certkeeper uses, so all three publish TXT records the same way.

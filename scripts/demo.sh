@@ -54,13 +54,8 @@ mkdir -p "$tmp/pebble" "$tmp/certs" "$tmp/hooks"
 
 pids=()
 cleanup() {
-    local rc=$? pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    local rc=$?
+    stop_pids
     if [ "${#pids[@]}" -gt 0 ]; then
         echo "stopped pebble and pebble-challtestsrv" >&2
     fi
@@ -72,16 +67,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "step 3: a CA and a leaf for Pebble's HTTPS listener (certkeeper trusts the CA via ca_bundle)"
-(
-    cd "$tmp/pebble"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout ca.key -out ca.pem -days 30 -subj "/CN=certkeeper demo CA" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout leaf.key -out leaf.csr -subj /CN=localhost 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
-    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -out leaf.pem -days 30 -extfile leaf.ext 2>/dev/null
-)
+pebble_tls "$tmp" "certkeeper demo CA"
 echo "$tmp/pebble/ca.pem, $tmp/pebble/leaf.pem"
 
 log "step 4: picking free loopback ports"
@@ -95,42 +81,9 @@ echo "ACME directory  https://127.0.0.1:$acme_port/dir"
 echo "HTTP-01 port    127.0.0.1:$http01_port (certkeeper's responder; Pebble validates here)"
 echo "fake DNS        127.0.0.1:$dns_port, management http://127.0.0.1:$cts_port"
 
-cat >"$tmp/pebble/pebble.json" <<JSON
-{"pebble":{"listenAddress":"127.0.0.1:$acme_port","managementListenAddress":"127.0.0.1:$pebble_mgmt_port",
- "certificate":"$tmp/pebble/leaf.pem","privateKey":"$tmp/pebble/leaf.key",
- "httpPort":$http01_port,"tlsPort":$tls_port,"ocspResponderURL":"",
- "externalAccountBindingRequired":false,"certificateValidityPeriod":300}}
-JSON
-
 log "step 5: starting pebble-challtestsrv and pebble (5-minute certificates)"
-pebble-challtestsrv -dns01 "127.0.0.1:$dns_port" -http01 "" -https01 "" -tlsalpn01 "" \
-    -management "127.0.0.1:$cts_port" -defaultIPv6 "" >"$tmp/challtestsrv.log" 2>&1 &
-pids+=("$!")
-PEBBLE_VA_NOSLEEP=1 pebble -config "$tmp/pebble/pebble.json" -dnsserver "127.0.0.1:$dns_port" \
-    >"$tmp/pebble.log" 2>&1 &
-pids+=("$!")
-
-wait_for() { # wait_for WHAT LOGFILE PID CURL-ARGS...
-    local what=$1 logf=$2 pid=$3 i
-    shift 3
-    for ((i = 0; i < 100; i++)); do
-        if curl -s -o /dev/null "$@"; then
-            echo "$what is up"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "error: $what exited; its log ($logf):" >&2
-            cat "$logf" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "error: $what did not come up within 10 s; its log ($logf):" >&2
-    cat "$logf" >&2
-    return 1
-}
-wait_for pebble-challtestsrv "$tmp/challtestsrv.log" "${pids[0]}" "http://127.0.0.1:$cts_port/"
-wait_for pebble "$tmp/pebble.log" "${pids[1]}" --cacert "$tmp/pebble/ca.pem" "https://127.0.0.1:$acme_port/dir"
+start_pebble "$tmp" "$acme_port" "$pebble_mgmt_port" "$http01_port" "$tls_port" "$dns_port" "$cts_port" 300
+wait_pebble "$tmp" "$acme_port" "$cts_port"
 
 log "step 6: the reload hook and the certkeeper config"
 cat >"$tmp/hooks/log-reload" <<'HOOK'

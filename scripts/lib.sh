@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/test.sh and scripts/demo.sh. Source it; don't run it.
+# Helpers shared by the scripts in scripts/ (test.sh, demo.sh, bench.sh,
+# bench-daemon.sh, ...). Source it; don't run it.
 
 # log MESSAGE...: a narrated step, on stderr so it never mixes with data.
 log() {
@@ -86,6 +87,101 @@ free_port() {
     done
     echo "error: no free port in $1-$2" >&2
     return 1
+}
+
+# ---------------------------------------------------------------------------
+# Pebble on loopback, for demo.sh, bench.sh and bench-daemon.sh. The layout in
+# a work directory DIR: DIR/pebble/ holds the HTTPS CA and leaf and
+# pebble.json, DIR/challtestsrv.log and DIR/pebble.log the servers' output.
+# ---------------------------------------------------------------------------
+
+# pebble_tls DIR CA_NAME: a CA (CN=CA_NAME) and a leaf for localhost and
+# 127.0.0.1 signed by it, for Pebble's HTTPS listener, in DIR/pebble/:
+# ca.pem (what clients trust), leaf.pem and leaf.key (what Pebble serves).
+pebble_tls() (
+    mkdir -p "$1/pebble" && cd "$1/pebble" || exit 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout ca.key -out ca.pem -days 30 -subj "/CN=$2" 2>/dev/null || exit 1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout leaf.key -out leaf.csr -subj /CN=localhost 2>/dev/null || exit 1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >leaf.ext
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out leaf.pem -days 30 -extfile leaf.ext 2>/dev/null
+)
+
+# start_pebble DIR ACME_PORT MGMT_PORT HTTP_PORT TLS_PORT DNS_PORT CTS_PORT VALIDITY [VAR=VALUE...]
+# Write DIR/pebble/pebble.json (HTTPS with pebble_tls's leaf, certificates
+# valid VALIDITY seconds, no EAB) and start, in the background,
+# pebble-challtestsrv (fake DNS on DNS_PORT that answers 127.0.0.1 for every
+# name, management API on CTS_PORT) and Pebble (ACME on ACME_PORT, management
+# on MGMT_PORT, validating HTTP-01 on HTTP_PORT, resolving through
+# challtestsrv) with PEBBLE_VA_NOSLEEP=1 and the extra VAR=VALUE environment.
+# Both listen on 127.0.0.1. Their pids are appended to the caller's `pids`
+# array (for its cleanup) and kept in challtestsrv_pid and pebble_pid (for
+# wait_pebble). Returns at once: call wait_pebble next.
+start_pebble() {
+    local dir=$1 acme=$2 mgmt=$3 http=$4 tls=$5 dns=$6 cts=$7 validity=$8
+    shift 8
+    cat >"$dir/pebble/pebble.json" <<JSON || return 1
+{"pebble":{"listenAddress":"127.0.0.1:$acme","managementListenAddress":"127.0.0.1:$mgmt",
+ "certificate":"$dir/pebble/leaf.pem","privateKey":"$dir/pebble/leaf.key",
+ "httpPort":$http,"tlsPort":$tls,"ocspResponderURL":"",
+ "externalAccountBindingRequired":false,"certificateValidityPeriod":$validity}}
+JSON
+    pebble-challtestsrv -dns01 "127.0.0.1:$dns" -http01 "" -https01 "" -tlsalpn01 "" \
+        -management "127.0.0.1:$cts" -defaultIPv6 "" >"$dir/challtestsrv.log" 2>&1 &
+    challtestsrv_pid=$!
+    pids+=("$challtestsrv_pid")
+    env PEBBLE_VA_NOSLEEP=1 "$@" pebble -config "$dir/pebble/pebble.json" -dnsserver "127.0.0.1:$dns" \
+        >"$dir/pebble.log" 2>&1 &
+    pebble_pid=$!
+    pids+=("$pebble_pid")
+}
+
+# stop_pids: kill every process in the caller's `pids` array, then reap them
+# (for an EXIT trap; never fails).
+stop_pids() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# wait_up WHAT LOGFILE PID CURL-ARGS...: wait (10 s at most) until curl with
+# CURL-ARGS gets an answer, and say "WHAT is up" on stdout. Fails, showing
+# LOGFILE on stderr, when PID exits first or time runs out.
+wait_up() {
+    local what=$1 logf=$2 pid=$3 i
+    shift 3
+    for ((i = 0; i < 100; i++)); do
+        if curl -s -o /dev/null "$@"; then
+            echo "$what is up"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "error: $what exited; its log ($logf):" >&2
+            cat "$logf" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "error: $what did not come up within 10 s; its log ($logf):" >&2
+    cat "$logf" >&2
+    return 1
+}
+
+# wait_pebble DIR ACME_PORT CTS_PORT: wait until the pair start_pebble
+# started answers: challtestsrv's management API, then Pebble's directory
+# (over HTTPS, trusting DIR/pebble/ca.pem). Says "... is up" for each on
+# stdout (send it to /dev/null to keep quiet).
+wait_pebble() {
+    wait_up pebble-challtestsrv "$1/challtestsrv.log" "$challtestsrv_pid" \
+        "http://127.0.0.1:$3/" || return 1
+    wait_up pebble "$1/pebble.log" "$pebble_pid" \
+        --cacert "$1/pebble/ca.pem" "https://127.0.0.1:$2/dir"
 }
 
 # The acme2certifier release the ARI tests run as a second CA (tests/common/a2c.rs).
