@@ -2,6 +2,8 @@
 //! acme2certifier 0.46.3 from a venv (see `tests/common/a2c.rs`). Its
 //! certificates live whole days, so ARI windows are steered with
 //! `renewalthreshold_pctg` and `renewal_force` instead of short lifetimes.
+//! The configs name the built-in HTTP-01 responder ([`http01_defaults`]):
+//! acme2certifier does not validate, but the config must be complete.
 
 mod common;
 
@@ -15,12 +17,6 @@ use time::OffsetDateTime;
 
 use common::a2c::{A2cEnv, A2cOpts};
 use common::*;
-
-/// `[defaults]` with the built-in HTTP-01 responder on `port` (acme2certifier
-/// does not validate, but the config must be complete) plus `extra`.
-fn defaults(port: u16, extra: &str) -> String {
-    format!("[defaults]\nchallenge = \"http-01\"\nhttp01_listen = \"127.0.0.1:{port}\"\n{extra}\n")
-}
 
 /// The single learned-CA-facts file, `state_dir/ca/<id>.json`.
 fn ca_state(state_dir: &Path) -> Value {
@@ -73,7 +69,7 @@ fn ari_window_drives_the_plan() {
     });
     let cfg = t.write_config(&format!(
         "{}{}",
-        defaults(t.ports.http, ""),
+        http01_defaults(t.ports.http, ""),
         t.cert_block("www", &["www.example.com"], "")
     ));
     let before = now();
@@ -146,7 +142,7 @@ fn retry_after_sets_next_poll() {
     });
     let cfg = t.write_config(&format!(
         "{}{}",
-        defaults(t.ports.http, ""),
+        http01_defaults(t.ports.http, ""),
         t.cert_block("www", &["www.example.com"], "")
     ));
     let before = now();
@@ -198,7 +194,7 @@ fn renewal_force_renews_at_next_poll_in_renew_and_run() {
     // One-shot: its own state dir and HTTP-01 port.
     let cfg = t.write_config(&format!(
         "{}{}",
-        defaults(t.ports.http, ""),
+        http01_defaults(t.ports.http, ""),
         t.cert_block("oneshot", &["oneshot.example.com"], "")
     ));
     // Daemon: another state dir (it holds its lock) and another HTTP-01 port
@@ -208,7 +204,7 @@ fn renewal_force_renews_at_next_poll_in_renew_and_run() {
         &format!(
             "{}\n{}{}",
             t.config_head_in(&t.path("daemon-state"), ""),
-            defaults(t.ports.tls, ""),
+            http01_defaults(t.ports.tls, ""),
             t.cert_block("daemon", &["daemon.example.com"], "")
         ),
     );
@@ -330,7 +326,7 @@ fn ignored_replaces_is_retried_without_and_remembered() {
     let t = A2cEnv::start(A2cOpts::default());
     let cfg = t.write_config(&format!(
         "{}{}",
-        defaults(t.ports.http, ""),
+        http01_defaults(t.ports.http, ""),
         t.cert_block("www", &["www.example.com"], "")
     ));
     let (cert, key) = t.cert_paths("www");
@@ -385,7 +381,7 @@ fn profiles_known_is_sent_unknown_fails_clearly() {
     assert!(dir["meta"]["profiles"]["shortlived"].is_string(), "{dir}");
     let cfg = t.write_config(&format!(
         "{}{}{}",
-        defaults(t.ports.http, "profile = \"shortlived\""),
+        http01_defaults(t.ports.http, "profile = \"shortlived\""),
         t.cert_block("short", &["short.example.com"], ""),
         t.cert_block("bad", &["bad.example.com"], "profile = \"nope\"")
     ));
@@ -437,7 +433,7 @@ fn eab_account_binding() {
     let body = |name: &str| {
         format!(
             "{}{}",
-            defaults(t.ports.http, ""),
+            http01_defaults(t.ports.http, ""),
             t.cert_block(name, &[&format!("{name}.example.com")], "")
         )
     };

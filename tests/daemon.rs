@@ -104,14 +104,6 @@ fn status_matches_disk(env: &TestEnv, cfg: &Path, name: &str) -> Result<Value, S
     Err(last)
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // 1. Short-lived certificates are renewed by the daemon on its own
 // ---------------------------------------------------------------------------

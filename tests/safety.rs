@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// A reload hook sees the documented environment and the same facts as one
 /// JSON object on stdin.
 #[test]

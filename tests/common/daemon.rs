@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Pebble, Subprocess, TestEnv, normalize_hex, wait_tcp};
+use super::{Pebble, Subprocess, TestEnv, normalize_hex, pebble_command, wait_tcp};
 
 // ---------------------------------------------------------------------------
 // The daemon
@@ -158,15 +158,7 @@ impl Pebble {
     /// keeps everything in memory, so this is a new CA: new roots, and the
     /// accounts created before are unknown to it.
     pub fn restart_ca(&mut self, log_name: &str) {
-        let mut cmd = Command::new("pebble");
-        cmd.arg("-config")
-            .arg(self.dir.join("pebble.json"))
-            .arg("-dnsserver")
-            .arg(format!("127.0.0.1:{}", self.ports.dns))
-            .current_dir(&self.dir)
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env_remove("PEBBLE_VA_ALWAYS_VALID")
-            .env_remove("PEBBLE_WFE_NONCEREJECT");
+        let cmd = pebble_command(&self.dir, self.ports);
         // Replacing the guard drops (kills, reaps) the already dead old one.
         self.pebble = Subprocess::spawn(log_name, cmd, &self.dir);
         let start = Instant::now();

@@ -263,6 +263,22 @@ pub struct Pebble {
     challtestsrv: Subprocess,
 }
 
+/// `pebble` on `<dir>/pebble.json`, resolving through challtestsrv on
+/// `ports.dns`, with random validation sleeps off and Pebble's default 5%
+/// nonce rejection (the caller may set `PEBBLE_WFE_NONCEREJECT`).
+fn pebble_command(dir: &Path, ports: Ports) -> Command {
+    let mut cmd = Command::new("pebble");
+    cmd.arg("-config")
+        .arg(dir.join("pebble.json"))
+        .arg("-dnsserver")
+        .arg(format!("127.0.0.1:{}", ports.dns))
+        .current_dir(dir)
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env_remove("PEBBLE_VA_ALWAYS_VALID")
+        .env_remove("PEBBLE_WFE_NONCEREJECT");
+    cmd
+}
+
 fn wait_tcp(port: u16, timeout: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -325,15 +341,7 @@ impl Pebble {
         ]);
         let mut challtestsrv = Subprocess::spawn("challtestsrv", cmd, dir);
 
-        let mut cmd = Command::new("pebble");
-        cmd.arg("-config")
-            .arg(&cfg_path)
-            .arg("-dnsserver")
-            .arg(format!("127.0.0.1:{}", ports.dns))
-            .current_dir(dir)
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env_remove("PEBBLE_VA_ALWAYS_VALID")
-            .env_remove("PEBBLE_WFE_NONCEREJECT");
+        let mut cmd = pebble_command(dir, ports);
         if let Some(n) = opts.nonce_reject {
             cmd.env("PEBBLE_WFE_NONCEREJECT", n.to_string());
         }
@@ -592,10 +600,7 @@ impl TestEnv {
     /// A `[defaults]` table using the built-in HTTP-01 responder on the
     /// validator's port, plus `extra` lines.
     pub fn defaults_http01(&self, extra: &str) -> String {
-        format!(
-            "[defaults]\nchallenge = \"http-01\"\nhttp01_listen = \"127.0.0.1:{}\"\n{extra}\n",
-            self.ports.http
-        )
+        http01_defaults(self.ports.http, extra)
     }
 
     /// `<work>/certs/<name>.pem` and `<work>/certs/<name>.key`.
@@ -764,6 +769,12 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
 // ---------------------------------------------------------------------------
 // Certificates and files
 // ---------------------------------------------------------------------------
+
+/// A `[defaults]` table using the built-in HTTP-01 responder on
+/// `127.0.0.1:<port>`, plus `extra` lines.
+pub fn http01_defaults(port: u16, extra: &str) -> String {
+    format!("[defaults]\nchallenge = \"http-01\"\nhttp01_listen = \"127.0.0.1:{port}\"\n{extra}\n")
+}
 
 /// A TOML basic string for `s` (JSON string escaping is valid TOML).
 pub fn toml_str(s: impl AsRef<std::ffi::OsStr>) -> String {
@@ -942,6 +953,16 @@ pub fn mode(path: &Path) -> u32 {
 /// Read a file, with a useful panic.
 pub fn read(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The lines of a text file (none when it is missing), e.g. what a hook
+/// appended to a log.
+pub fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Every regular file under `root`, with its contents.
