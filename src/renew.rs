@@ -576,7 +576,11 @@ impl Runner {
             return cached;
         }
         let mut ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
-        if ca.ari_supported == Some(false) {
+        if ca.ari_supported == Some(false)
+            && ca
+                .ari_checked_at
+                .is_some_and(|t| now - t < time::Duration::days(1))
+        {
             return None;
         }
         let acme = match self.acme().await {
@@ -594,6 +598,7 @@ impl Runner {
                 rec.ari_next_poll = Some(now + retry);
                 if ca.ari_supported != Some(true) {
                     ca.ari_supported = Some(true);
+                    ca.ari_checked_at = Some(now);
                     let _ = self.state.save_ca(&ca);
                 }
                 info!(
@@ -606,9 +611,14 @@ impl Runner {
                 Some(w)
             }
             Ok(AriLookup::Unsupported) => {
+                if ca.ari_supported == Some(false) {
+                    debug!("the CA still does not offer ARI");
+                } else {
+                    info!("the CA does not offer ARI; using the renew_before threshold");
+                }
                 ca.ari_supported = Some(false);
+                ca.ari_checked_at = Some(now);
                 let _ = self.state.save_ca(&ca);
-                info!("the CA does not offer ARI; using the renew_before threshold");
                 None
             }
             Ok(AriLookup::NoIdentifier) => {

@@ -65,6 +65,9 @@ pub struct CaRecord {
     pub replaces_unsupported: bool,
     /// The CA's directory offers `renewalInfo`.
     pub ari_supported: Option<bool>,
+    /// When `ari_supported` was last learned (a CA without ARI is asked again daily).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ari_checked_at: Option<OffsetDateTime>,
 }
 
 /// Errors reading or writing the state directory.
