@@ -162,6 +162,54 @@ pub fn missing_names<'a>(domains: &'a [String], sans: &[String]) -> Vec<&'a str>
         .collect()
 }
 
+/// Why a set is unusable, and whether the key file (rather than the certificate) is at fault.
+type SetFault = (String, Option<Box<CertInfo>>, bool);
+
+/// Checks what a set contains, whatever the time: key parses and matches the leaf, names
+/// are covered, chain parses and is in order.
+fn verify_contents(
+    key_pem: &[u8],
+    chain_pem: &[u8],
+    domains: &[String],
+) -> Result<CertInfo, SetFault> {
+    let chain =
+        parse_pem_certs(chain_pem).map_err(|e| (format!("certificate {e}"), None, false))?;
+    let info = cert_info(&chain).map_err(|e| (e, None, false))?;
+    let fail = |m: String, key: bool| (m, Some(Box::new(info.clone())), key);
+    let key = parse_pem_key(key_pem).map_err(|e| fail(format!("key {e}"), true))?;
+    let key_pub = key_public_raw(&key).map_err(|e| fail(e, true))?;
+    let (_, leaf) = X509Certificate::from_der(&info.leaf_der)
+        .map_err(|e| fail(format!("leaf does not parse: {e}"), false))?;
+    if leaf.public_key().subject_public_key.data.as_ref() != key_pub.as_slice() {
+        return Err(fail(
+            "the private key does not match the certificate's public key".into(),
+            true,
+        ));
+    }
+    let missing = missing_names(domains, &info.sans);
+    if !missing.is_empty() {
+        return Err(fail(
+            format!(
+                "certificate does not cover {} (it has: {})",
+                missing.join(", "),
+                info.sans.join(", ")
+            ),
+            false,
+        ));
+    }
+    check_chain_order(&chain).map_err(|e| fail(e, false))?;
+    Ok(info)
+}
+
+fn not_yet_valid(info: &CertInfo, now: OffsetDateTime) -> Option<String> {
+    (now < info.not_before).then(|| {
+        format!(
+            "certificate is not valid yet (not before {})",
+            crate::rfc3339(info.not_before)
+        )
+    })
+}
+
 /// Verifies a complete set: key parses and matches the leaf, names are covered, chain
 /// parses and is in order, and `now` is inside the validity window.
 pub fn verify_set(
@@ -170,38 +218,13 @@ pub fn verify_set(
     domains: &[String],
     now: OffsetDateTime,
 ) -> Result<CertInfo, (String, Option<Box<CertInfo>>)> {
-    let chain = parse_pem_certs(chain_pem).map_err(|e| (format!("certificate {e}"), None))?;
-    let info = cert_info(&chain).map_err(|e| (e, None))?;
-    let fail = |m: String| (m, Some(Box::new(info.clone())));
-    let key = parse_pem_key(key_pem).map_err(|e| fail(format!("key {e}")))?;
-    let key_pub = key_public_raw(&key).map_err(fail)?;
-    let (_, leaf) = X509Certificate::from_der(&info.leaf_der)
-        .map_err(|e| fail(format!("leaf does not parse: {e}")))?;
-    if leaf.public_key().subject_public_key.data.as_ref() != key_pub.as_slice() {
-        return Err(fail(
-            "the private key does not match the certificate's public key".into(),
-        ));
-    }
-    let missing = missing_names(domains, &info.sans);
-    if !missing.is_empty() {
-        return Err(fail(format!(
-            "certificate does not cover {} (it has: {})",
-            missing.join(", "),
-            info.sans.join(", ")
-        )));
-    }
-    check_chain_order(&chain).map_err(fail)?;
-    if now < info.not_before {
-        return Err(fail(format!(
-            "certificate is not valid yet (not before {})",
-            crate::rfc3339(info.not_before)
-        )));
+    let info = verify_contents(key_pem, chain_pem, domains).map_err(|(m, i, _)| (m, i))?;
+    if let Some(m) = not_yet_valid(&info, now) {
+        return Err((m, Some(Box::new(info))));
     }
     if now >= info.not_after {
-        return Err(fail(format!(
-            "certificate expired at {}",
-            crate::rfc3339(info.not_after)
-        )));
+        let m = format!("certificate expired at {}", crate::rfc3339(info.not_after));
+        return Err((m, Some(Box::new(info))));
     }
     Ok(info)
 }
@@ -227,22 +250,22 @@ pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
         Ok(d) => d,
         Err(s) => return s,
     };
-    match verify_set(&key_pem, &chain_pem, &cert.domains, now) {
-        Ok(info) => OnDisk::Present(info),
-        Err((reason, Some(info))) if reason.starts_with("certificate expired") => {
-            let _ = reason;
-            OnDisk::Present(*info)
-        }
-        Err((reason, info)) => {
-            let file = if reason.starts_with("key") || reason.contains("private key") {
+    let invalid = |file: &Path, reason: String, info| OnDisk::Invalid {
+        reason: format!("{}: {reason}", file.display()),
+        info,
+    };
+    match verify_contents(&key_pem, &chain_pem, &cert.domains) {
+        Ok(info) => match not_yet_valid(&info, now) {
+            Some(m) => invalid(&cert.cert_path, m, Some(Box::new(info))),
+            None => OnDisk::Present(info),
+        },
+        Err((reason, info, key_file)) => {
+            let file = if key_file {
                 &cert.key_path
             } else {
                 &cert.cert_path
             };
-            OnDisk::Invalid {
-                reason: format!("{}: {reason}", file.display()),
-                info,
-            }
+            invalid(file, reason, info)
         }
     }
 }
