@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::challenge::Responders;
 use crate::config::{Challenge, Config};
-use crate::renew::{self, CertResult, Runner, rfc3339};
+use crate::renew::{self, CertResult, Fingerprint, Runner, rfc3339};
 use crate::state::{StateDir, StateError};
 
 /// Re-evaluate every certificate at least this often (also when ARI is re-checked).
@@ -45,9 +45,6 @@ pub enum DaemonError {
     /// The state directory is unusable or locked.
     #[error(transparent)]
     State(#[from] StateError),
-    /// An interrupted install could not be completed.
-    #[error("cannot complete an interrupted install: {0}")]
-    RollForward(String),
     /// The metrics listener could not bind.
     #[error("cannot listen on metrics_listen {addr}: {source}")]
     Metrics {
@@ -197,24 +194,12 @@ impl WatchMap {
     }
 }
 
-/// A cheap fingerprint of a certificate's installed files, to tell a real change from the
-/// echo of our own install (or a mere metadata event).
-fn fingerprint(cfg: &Config, name: &str) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let c = cfg.certs.iter().find(|c| c.name == name)?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in [
-        Some(&c.cert_path),
-        Some(&c.key_path),
-        c.chain_path.as_ref(),
-        c.bundle_path.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        std::fs::read(p).ok().hash(&mut h);
-    }
-    Some(h.finish())
+/// The current fingerprint of a certificate's files, read off the async workers.
+async fn current_fingerprint(cfg: &Config, name: &str) -> Option<Fingerprint> {
+    let c = cfg.certs.iter().find(|c| c.name == name)?.clone();
+    tokio::task::spawn_blocking(move || renew::fingerprint_files(&c))
+        .await
+        .ok()
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -347,7 +332,8 @@ pub async fn run(
     use tokio::signal::unix::{SignalKind, signal};
     let state = StateDir::create(&cfg.state_dir)?;
     let _lock = state.lock("certkeeper run")?;
-    renew::roll_forward(&state, &cfg).map_err(DaemonError::RollForward)?;
+    // Interrupted installs are completed per certificate, by each one's first pass: a
+    // failure there belongs to that certificate and does not keep the others down.
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let cfg = Arc::new(cfg);
@@ -378,8 +364,9 @@ pub async fn run(
     }
     let mut busy: HashSet<String> = HashSet::new();
     let mut recheck: HashSet<String> = HashSet::new();
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen: HashMap<String, Fingerprint> = HashMap::new();
     let mut tasks: JoinSet<(String, CertResult)> = JoinSet::new();
+    let mut task_names: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut dirty = Dirty::default();
     let mut debounce: Option<Instant> = None;
 
@@ -411,13 +398,14 @@ pub async fn run(
             busy.insert(name.clone());
             let r = runner.clone();
             let span = info_span!("cert", cert = %name);
-            tasks.spawn(
+            let handle = tasks.spawn(
                 async move {
                     let res = r.process(&cert, false).await;
                     (cert.name, res)
                 }
                 .instrument(span),
             );
+            task_names.insert(handle.id(), name);
         }
         let wake = schedule.next_deadline(&busy);
         let debounce_at = debounce.unwrap_or(wake);
@@ -428,27 +416,46 @@ pub async fn run(
                 dirty.config = true;
                 debounce = Some(Instant::now());
             }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 match joined {
-                    Ok((name, res)) => {
+                    Ok((id, (name, res))) => {
+                        task_names.remove(&id);
                         busy.remove(&name);
-                        if let Some(f) = fingerprint(&runner.cfg, &name) {
-                            seen.insert(name.clone(), f);
-                        }
                         if res.installed && watch.dirs.len() < watch.map.watch_dirs().len() {
                             // A directory that did not exist at start-up may exist now.
                             watch.update(&runner.cfg, &config_path);
                         }
-                        // Events seen while we installed are our own renames.
-                        if recheck.remove(&name) && !res.installed {
+                        // Events seen while the task ran are either the echo of its own
+                        // install or a real change: the fingerprint it recorded tells which.
+                        let changed = recheck.remove(&name)
+                            && current_fingerprint(&runner.cfg, &name).await != res.fingerprint;
+                        if let Some(f) = res.fingerprint {
+                            seen.insert(name.clone(), f);
+                        }
+                        if changed {
+                            info!(cert = %name, "watched file changed during the pass, re-evaluating");
                             schedule.set(&name, Instant::now());
                         } else {
                             schedule.set_wall(&name, res.next_wake);
                             debug!(cert = %name, next = %rfc3339(res.next_wake), "scheduled");
                         }
                     }
-                    Err(e) if e.is_panic() => error!("certificate task panicked: {e}"),
-                    Err(_) => {}
+                    Err(e) => {
+                        let Some(name) = task_names.remove(&e.id()) else {
+                            error!("a certificate task failed: {e}");
+                            continue;
+                        };
+                        busy.remove(&name);
+                        recheck.remove(&name);
+                        if e.is_panic() {
+                            let what = renew::panic_message(&e);
+                            error!(cert = %name, "certificate task panicked: {what}");
+                            let next = renew::record_panic(&state, &name, &what);
+                            schedule.set_wall(&name, next);
+                        } else {
+                            schedule.set(&name, Instant::now() + renew::HOOK_RETRY);
+                        }
+                    }
                 }
             }
             Some(ev) = ev_rx.recv() => {
@@ -471,7 +478,7 @@ pub async fn run(
                         for n in &names {
                             schedule.set(n, Instant::now());
                         }
-                        runner = Arc::new(Runner::new(new, state.clone(), responders.clone()));
+                        runner = Arc::new(runner.reconfigured(new));
                     }
                 }
                 for name in d.certs {
@@ -479,7 +486,7 @@ pub async fn run(
                         recheck.insert(name);
                         continue;
                     }
-                    let now_fp = fingerprint(&runner.cfg, &name);
+                    let now_fp = current_fingerprint(&runner.cfg, &name).await;
                     if now_fp.is_some() && now_fp == seen.get(&name).copied() {
                         debug!(cert = %name, "file event without a change (our own install)");
                         continue;

@@ -15,6 +15,7 @@
 //! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
 //! - [`renew`]: one pass over all certificates, plus `status` and `--dry-run`.
 //! - [`daemon`]: `certkeeper run`: schedule, file watch, signals, metrics server.
+//! - [`fault`]: named crash points for the fault-injection tests (debug builds only).
 //! - [`metrics`]: Prometheus rendering shared by `/metrics` and `--metrics-file`.
 
 pub mod acme;
@@ -22,6 +23,7 @@ pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod hooks;
 pub mod inventory;
 pub mod keys;

@@ -7,12 +7,9 @@
 //! record the outcome. Certificates share nothing mutable but the ACME account and the lock,
 //! so one failing or slow certificate never stops the others.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -24,7 +21,7 @@ use crate::config::{CertConfig, Config, format_duration};
 use crate::hooks::{HookEvent, run_reload_hooks};
 use crate::inventory::{CertInfo, OnDisk};
 use crate::policy::{self, AriWindow, CertState, Decision};
-use crate::state::{CertRecord, StateDir, StateError};
+use crate::state::{CaRecord, CertRecord, StateDir, StateError};
 use crate::store::{self, NewSet};
 use crate::{inventory, keys};
 
@@ -72,12 +69,62 @@ pub enum RunError {
 /// A per-certificate random source that is stable across runs (so `status` and the next
 /// timer run agree on `renew_at`) but differs between hosts and certificates (so a fleet
 /// spreads its load on the CA).
-pub fn jitter_rng(name: &str, serial: Option<&str>) -> StdRng {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    hostname::get().unwrap_or_default().hash(&mut h);
-    name.hash(&mut h);
-    serial.hash(&mut h);
-    StdRng::seed_from_u64(h.finish())
+pub fn jitter_rng(name: &str, serial: Option<&str>) -> JitterRng {
+    // SHA-256 rather than `DefaultHasher`, whose output may change between Rust releases
+    // (an upgrade would silently move every `renew_at`). Fields are length-prefixed so
+    // ("ab", "c") and ("a", "bc") differ.
+    let host = hostname::get().unwrap_or_default();
+    jitter_rng_on(host.as_encoded_bytes(), name, serial)
+}
+
+/// [`jitter_rng`] for a given host name (tests pin its output).
+fn jitter_rng_on(host: &[u8], name: &str, serial: Option<&str>) -> JitterRng {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for field in [
+        host,
+        name.as_bytes(),
+        serial.unwrap_or("").as_bytes(),
+    ] {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field);
+    }
+    ctx.update(&[u8::from(serial.is_some())]);
+    let digest = ctx.finish();
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(digest.as_ref());
+    JitterRng { seed, counter: 0 }
+}
+
+/// A random source whose output is fixed by its seed forever: block `i` is
+/// SHA-256(seed || i). `rand`'s `StdRng` documents that its algorithm may change between
+/// versions, which would move every certificate's `renew_at` on an upgrade.
+#[derive(Debug, Clone)]
+pub struct JitterRng {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl rand::RngCore for JitterRng {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(32) {
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            ctx.update(&self.seed);
+            ctx.update(&self.counter.to_be_bytes());
+            self.counter += 1;
+            let block = ctx.finish();
+            chunk.copy_from_slice(&block.as_ref()[..chunk.len()]);
+        }
+    }
 }
 
 /// RFC 3339 in UTC, second precision: how every time is shown.
@@ -151,8 +198,12 @@ pub struct Runner {
     pub responders: Responders,
     acme: tokio::sync::Mutex<AcmeCache>,
     /// At most `MAX_CONCURRENT` orders at once, so a fleet of certificates does not hit
-    /// the CA all at the same moment.
-    orders: Semaphore,
+    /// the CA all at the same moment. Shared with the runner that replaces this one on a
+    /// config reload, so tasks still running under the old config count too.
+    orders: Arc<Semaphore>,
+    /// Serialises read-modify-write of the per-CA records, which concurrent certificate
+    /// tasks (and the tasks of a replaced runner) all update.
+    ca_lock: Arc<std::sync::Mutex<()>>,
 }
 
 enum AcmeCache {
@@ -175,6 +226,184 @@ pub struct CertResult {
     pub next_wake: OffsetDateTime,
     /// A new set was installed (so file events from this pass are our own).
     pub installed: bool,
+    /// What the certificate's files held when this pass last read or wrote them: the
+    /// daemon compares a later file event against it, so only a real change wakes it.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// SHA-256 over a certificate's file set (each file's presence and contents, in a fixed
+/// order); see [`CertResult::fingerprint`].
+pub type Fingerprint = [u8; 32];
+
+/// The managed files of a certificate, in the order every fingerprint uses.
+fn managed_files(cert: &CertConfig) -> Vec<&std::path::Path> {
+    let mut v = vec![cert.cert_path.as_path(), cert.key_path.as_path()];
+    v.extend(cert.chain_path.as_deref());
+    v.extend(cert.bundle_path.as_deref());
+    v
+}
+
+/// The fingerprint of contents as they are (None for an absent or unreadable file).
+pub fn fingerprint_of<'a>(contents: impl IntoIterator<Item = Option<&'a [u8]>>) -> Fingerprint {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for c in contents {
+        match c {
+            Some(data) => {
+                ctx.update(&[1]);
+                ctx.update(&(data.len() as u64).to_be_bytes());
+                ctx.update(data);
+            }
+            None => ctx.update(&[0]),
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Reads a certificate's files and fingerprints them. Blocking: call off the async workers.
+pub fn fingerprint_files(cert: &CertConfig) -> Fingerprint {
+    let data: Vec<Option<Vec<u8>>> = managed_files(cert)
+        .into_iter()
+        .map(|p| read_capped(p).ok())
+        .collect();
+    fingerprint_of(data.iter().map(|d| d.as_deref()))
+}
+
+/// A bounded read for fingerprinting: a file larger than any certificate set is hashed by
+/// its first 4 MiB only, and a FIFO is not opened for reading at all.
+fn read_capped(p: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(p)?;
+    let ft = f.metadata()?.file_type();
+    if ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut out = Vec::new();
+    f.take(4 << 20).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Reads the disk for one pass, off the async workers: the fingerprint first, then the
+/// inspection, so a change between the two reads can only cause an extra re-check.
+async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fingerprint>) {
+    let c = cert.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let fp = fingerprint_files(&c);
+        (inventory::inspect(&c, now), Some(fp))
+    });
+    match read.await {
+        Ok(r) => r,
+        Err(e) => (
+            OnDisk::Invalid {
+                reason: format!("reading the files failed: {e}"),
+                info: None,
+            },
+            None,
+        ),
+    }
+}
+
+/// A failed pass for this certificate.
+fn failed(cert: &CertConfig, summary: String, next_wake: OffsetDateTime) -> CertResult {
+    CertResult {
+        outcome: Outcome {
+            name: cert.name.clone(),
+            ok: false,
+            summary,
+        },
+        next_wake,
+        installed: false,
+        fingerprint: None,
+    }
+}
+
+/// Tracks whether the set we installed is still there. When it keeps being destroyed soon
+/// after each install (another program, or a second certkeeper, writes the same paths),
+/// re-ordering would only feed the conflict and burn the CA's duplicate-certificate limit
+/// (5 a week), so after [`MAX_DAMAGED_IN_A_ROW`] times this returns the error to report.
+fn note_damage(rec: &mut CertRecord, disk: &OnDisk, now: OffsetDateTime) -> Option<String> {
+    if let OnDisk::Present(info) = disk {
+        rec.damaged_in_a_row = 0;
+        rec.damaged_since_install = false;
+        rec.installed_serial = Some(info.serial.clone());
+        return None;
+    }
+    let ours = rec.installed_serial.clone()?;
+    if !rec.damaged_since_install {
+        rec.damaged_since_install = true;
+        let recent = rec.last_success_at.is_some_and(|t| now - t < DAMAGE_WINDOW);
+        rec.damaged_in_a_row = if recent { rec.damaged_in_a_row + 1 } else { 1 };
+    }
+    if rec.damaged_in_a_row < MAX_DAMAGED_IN_A_ROW {
+        return None;
+    }
+    let what = match disk {
+        OnDisk::Missing(r) | OnDisk::Invalid { reason: r, .. } => r.as_str(),
+        OnDisk::Present(_) => "",
+    };
+    Some(format!(
+        "the set installed at {} (serial {ours}) was destroyed soon after its install, {} times in a row (now: {what}); another program or another certkeeper writes these files. Not ordering again: fix the conflict, then run `certkeeper renew --force`",
+        rec.last_success_at.map(rfc3339).unwrap_or_else(|| "?".into()),
+        rec.damaged_in_a_row,
+    ))
+}
+
+/// The outcome of an order, written pessimistically before the order is sent: "failed,
+/// back off". If the process dies mid-order, the next run backs off instead of ordering
+/// again; if the record cannot be written (a full disk), no order is sent at all, since its
+/// failure could not be recorded either. A cancelled task (graceful shutdown) puts the
+/// record back: the operator stopping us is no failure of the CA's.
+struct Reservation {
+    state: StateDir,
+    name: String,
+    original: CertRecord,
+    reserved: CertRecord,
+    settled: bool,
+}
+
+impl Reservation {
+    fn take(state: &StateDir, name: &str, rec: &CertRecord) -> Result<Self, StateError> {
+        let now = OffsetDateTime::now_utc();
+        let mut reserved = rec.clone();
+        reserved.failures += 1;
+        reserved.last_failure_at = Some(now);
+        reserved.next_attempt_at = Some(policy::next_attempt(reserved.failures, now, None));
+        reserved.last_outcome = Some("interrupted".into());
+        reserved.last_error = Some(format!(
+            "the order started at {} was interrupted before its outcome was recorded",
+            rfc3339(now)
+        ));
+        state.save(name, &reserved)?;
+        Ok(Self {
+            state: state.clone(),
+            name: name.to_string(),
+            original: rec.clone(),
+            reserved,
+            settled: false,
+        })
+    }
+
+    /// The order finished (either way); the caller records the real outcome.
+    fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Only undo our own reservation: once an install was recorded, that record stands.
+        if self.state.load(&self.name).ok().as_ref() == Some(&self.reserved) {
+            let _ = self.state.save(&self.name, &self.original);
+        }
+    }
 }
 
 impl Runner {
@@ -185,8 +414,43 @@ impl Runner {
             state,
             responders,
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
-            orders: Semaphore::new(MAX_CONCURRENT),
+            orders: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            ca_lock: Arc::default(),
         }
+    }
+
+    /// The runner for a reloaded config: a fresh ACME connection, but the same order slots
+    /// and CA-record lock, so old and new tasks together stay within the limits.
+    pub fn reconfigured(&self, cfg: Arc<Config>) -> Self {
+        Self {
+            cfg,
+            state: self.state.clone(),
+            responders: self.responders.clone(),
+            acme: tokio::sync::Mutex::new(AcmeCache::Empty),
+            orders: self.orders.clone(),
+            ca_lock: self.ca_lock.clone(),
+        }
+    }
+
+    /// Updates the record of a CA under the lock: load, change, save. Returns the updated
+    /// record even when saving failed (the failure is logged; the facts are only a cache).
+    fn update_ca(&self, directory: &str, change: impl FnOnce(&mut CaRecord)) -> CaRecord {
+        let _guard = self.ca_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ca = match self.state.load_ca(directory) {
+            Ok(ca) => ca,
+            Err(e) => {
+                warn!("{e}; starting a new record for this CA");
+                CaRecord {
+                    directory: directory.to_string(),
+                    ..CaRecord::default()
+                }
+            }
+        };
+        change(&mut ca);
+        if let Err(e) = self.state.save_ca(&ca) {
+            warn!("cannot record what was learned about the CA: {e}");
+        }
+        ca
     }
 
     /// Drops the account the CA no longer knows (kept as `<file>.lost` for inspection), so
@@ -226,21 +490,58 @@ impl Runner {
     }
 }
 
-/// Completes installs that a crash interrupted; must run before anything else touches the
-/// certificate's files. Marks hooks as pending so they run for the completed set.
-pub fn roll_forward(state: &StateDir, cfg: &Config) -> Result<(), String> {
-    for cert in &cfg.certs {
-        if !store::has_staged(state, &cert.name) {
-            continue;
-        }
-        warn!(cert = %cert.name, "completing an install that was interrupted");
-        store::install(state, &cert.name).map_err(|e| format!("{}: {e}", cert.name))?;
-        let mut rec = state.load(&cert.name).map_err(|e| e.to_string())?;
-        rec.hooks_pending = true;
-        state.save(&cert.name, &rec).map_err(|e| e.to_string())?;
-        store::finish(state, &cert.name).map_err(|e| format!("{}: {e}", cert.name))?;
+/// Completes an install of this certificate that a crash interrupted; must run before
+/// anything else touches the certificate's files. The completed set counts as the success
+/// it was, and its hooks are marked pending so they run for it. A failure here belongs to
+/// this certificate alone. Returns whether there was anything to complete.
+pub fn roll_forward(state: &StateDir, name: &str, rec: &mut CertRecord) -> Result<bool, String> {
+    if !store::has_staged(state, name) {
+        return Ok(false);
     }
-    Ok(())
+    warn!(cert = %name, "completing an install that was interrupted");
+    let fail = |e: String| format!("an interrupted install could not be completed: {e}");
+    store::install(state, name).map_err(|e| fail(e.to_string()))?;
+    let now = OffsetDateTime::now_utc();
+    rec.hooks_pending = true;
+    mark_installed(rec, now, None);
+    state.save(name, rec).map_err(|e| fail(e.to_string()))?;
+    store::finish(state, name).map_err(|e| fail(e.to_string()))?;
+    Ok(true)
+}
+
+/// Records a completed install: the ladder is reset and the new set is the one we guard.
+fn mark_installed(rec: &mut CertRecord, now: OffsetDateTime, serial: Option<&str>) {
+    rec.failures = 0;
+    rec.next_attempt_at = None;
+    rec.last_error = None;
+    rec.last_success_at = Some(now);
+    rec.last_outcome = Some("renewed".into());
+    rec.renewals_ok += 1;
+    rec.installed_serial = serial.map(str::to_string);
+    rec.damaged_since_install = false;
+}
+
+/// Records a certificate task that panicked as a failure on the retry ladder, so a bug
+/// that panics every time cannot turn into an order loop. Returns the next attempt time.
+pub fn record_panic(state: &StateDir, name: &str, what: &str) -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    let mut rec = state.load(name).unwrap_or_default();
+    rec.failures += 1;
+    rec.renewals_failed += 1;
+    rec.last_failure_at = Some(now);
+    let next = policy::next_attempt(rec.failures, now, None);
+    rec.next_attempt_at = Some(next);
+    rec.last_error = Some(format!("internal error: the certificate task panicked: {what}"));
+    rec.last_outcome = Some("failed".into());
+    if let Err(e) = state.save(name, &rec) {
+        error!(cert = %name, "cannot record state: {e}");
+    }
+    next
+}
+
+/// The message of a panic payload, for the log and the state.
+pub fn panic_message(e: &tokio::task::JoinError) -> String {
+    e.to_string()
 }
 
 /// Runs one renewal pass over the selected certificates.
@@ -256,32 +557,50 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
     }
     let state = StateDir::create(&cfg.state_dir)?;
     let _lock = state.lock("certkeeper renew")?;
-    if let Err(e) = roll_forward(&state, &cfg) {
-        // Do not touch anything else while an install is half done.
-        error!("cannot complete an interrupted install: {e}");
-        return Ok(selected
-            .iter()
-            .map(|c| Outcome {
-                name: c.name.clone(),
-                ok: false,
-                summary: format!("interrupted install could not be completed: {e}"),
-            })
-            .collect());
+    // Certificates not selected still get their interrupted installs completed, so no
+    // half-installed set is left behind; the selected ones do it in their own task.
+    for cert in cfg.certs.iter().filter(|c| !selected.iter().any(|s| s.name == c.name)) {
+        let mut rec = state.load(&cert.name).unwrap_or_default();
+        if let Err(e) = roll_forward(&state, &cert.name, &mut rec) {
+            error!(cert = %cert.name, "{e}");
+        }
     }
     let runner = Arc::new(Runner::new(cfg.clone(), state, Responders::default()));
     let force = opts.force;
     let mut tasks = tokio::task::JoinSet::new();
+    let mut ids = std::collections::HashMap::new();
     for (i, cert) in selected.into_iter().enumerate() {
         let runner = runner.clone();
         let span = info_span!("cert", cert = %cert.name);
-        tasks
+        let name = cert.name.clone();
+        let handle = tasks
             .spawn(async move { (i, runner.process(&cert, force).await.outcome) }.instrument(span));
+        ids.insert(handle.id(), (i, name));
     }
     let mut out = Vec::new();
-    while let Some(r) = tasks.join_next().await {
+    while let Some(r) = tasks.join_next_with_id().await {
         match r {
-            Ok(v) => out.push(v),
-            Err(e) => error!("certificate task panicked: {e}"),
+            Ok((_, v)) => out.push(v),
+            Err(e) => {
+                let Some((i, name)) = ids.get(&e.id()).cloned() else {
+                    error!("a certificate task failed: {e}");
+                    continue;
+                };
+                let what = panic_message(&e);
+                error!(cert = %name, "certificate task panicked: {what}");
+                let next = record_panic(&runner.state, &name, &what);
+                out.push((
+                    i,
+                    Outcome {
+                        name,
+                        ok: false,
+                        summary: format!(
+                            "internal error (the task panicked: {what}); next attempt {}",
+                            rfc3339(next)
+                        ),
+                    },
+                ));
+            }
         }
     }
     out.sort_by_key(|(i, _)| *i);
@@ -328,55 +647,54 @@ fn dry_run(cfg: &Config, certs: &[CertConfig]) -> Vec<Outcome> {
 /// How soon a failed reload hook is retried by a long-running process.
 pub const HOOK_RETRY: Duration = Duration::from_secs(300);
 
+/// How many times in a row the set we installed may be found destroyed (missing or
+/// invalid) soon after its install before we stop re-ordering and report the conflict.
+pub const MAX_DAMAGED_IN_A_ROW: u32 = 2;
+/// "Soon after its install": damage found later than this counts as a one-off.
+pub const DAMAGE_WINDOW: time::Duration = time::Duration::days(1);
+
 impl Runner {
-    /// Handles one certificate: decide, respect the back-off, order, install, reload, and
-    /// record. Returns what happened and when the certificate next needs attention.
+    /// Handles one certificate: complete an interrupted install, decide, respect the
+    /// back-off, order, install, reload, and record. Returns what happened and when the
+    /// certificate next needs attention.
     pub async fn process(&self, cert: &CertConfig, force: bool) -> CertResult {
         let now = OffsetDateTime::now_utc();
-        let fail = |summary: String, next_wake: OffsetDateTime| CertResult {
-            outcome: Outcome {
-                name: cert.name.clone(),
-                ok: false,
-                summary,
-            },
-            next_wake,
-            installed: false,
-        };
         let mut rec = match self.state.load(&cert.name) {
             Ok(r) => r,
             Err(e) => {
                 error!("{e}");
-                return fail(e.to_string(), now + policy::backoff_delay(1));
+                return failed(cert, e.to_string(), now + policy::backoff_delay(1));
             }
         };
-        let disk = inventory::inspect(cert, now);
+        let (state, name) = (self.state.clone(), cert.name.clone());
+        let rolled = tokio::task::spawn_blocking(move || {
+            let r = roll_forward(&state, &name, &mut rec);
+            (r, rec)
+        })
+        .await;
+        let rolled = match rolled {
+            Ok((Ok(rolled), r)) => {
+                rec = r;
+                rolled
+            }
+            Ok((Err(e), _)) => {
+                error!("{e}");
+                return failed(cert, e, now + policy::backoff_delay(1));
+            }
+            Err(e) => return failed(cert, e.to_string(), now + policy::backoff_delay(1)),
+        };
+        let (disk, fingerprint) = read_disk(cert, now).await;
         if let OnDisk::Invalid { reason, .. } = &disk {
             warn!("installed files are not usable: {reason}");
         }
+        if rolled && let Some(info) = disk.info() {
+            rec.installed_serial = Some(info.serial.clone());
+        }
+        let damaged = note_damage(&mut rec, &disk, now);
         let ari = self.refresh_ari(cert, &disk, &mut rec, now).await;
         let decision = decide(cert, &disk, ari.as_ref(), &rec, now);
-        let result = if !decision.due && !force {
-            info!(
-                renew_at = %rfc3339(decision.renew_at),
-                "not due: {}",
-                decision.reason
-            );
-            rec.last_outcome = Some("not-due".into());
-            let mut outcome = Outcome {
-                name: cert.name.clone(),
-                ok: true,
-                summary: format!("not due (renew at {})", rfc3339(decision.renew_at)),
-            };
-            if rec.hooks_pending
-                && let Some(info) = disk.info()
-            {
-                outcome = run_hooks(cert, info, &mut rec, "hooks retried").await;
-            }
-            CertResult {
-                next_wake: self.next_wake(&rec, decision.renew_at, now),
-                outcome,
-                installed: false,
-            }
+        let mut result = if !decision.due && !force {
+            self.not_due(cert, &disk, &decision, &mut rec, now).await
         } else if let Some(next) = rec.next_attempt_at.filter(|t| *t > now && !force) {
             let msg = format!(
                 "due ({}), but backing off after {} failed attempt(s) until {}; last error: {} (use --force to try now)",
@@ -386,82 +704,151 @@ impl Runner {
                 rec.last_error.as_deref().unwrap_or("unknown")
             );
             error!("{msg}");
-            fail(msg, next)
+            failed(cert, msg, next)
+        } else if let Some(msg) = damaged.filter(|_| !force) {
+            error!("{msg}");
+            let next = now + policy::backoff_delay(rec.failures.max(1));
+            rec.last_error = Some(msg.clone());
+            rec.last_outcome = Some("conflict".into());
+            failed(cert, msg, next)
         } else {
-            if force && !decision.due {
-                info!(
-                    "renewing (forced; otherwise due at {})",
-                    rfc3339(decision.renew_at)
-                );
-            } else {
-                info!("renewing: {}", decision.reason);
-            }
-            let permit = self
-                .orders
-                .acquire()
+            self.renew_now(cert, &disk, &decision, &mut rec, force, now)
                 .await
-                .expect("semaphore is never closed");
-            let obtained = self.obtain(cert, &disk, &mut rec).await;
-            drop(permit);
-            match obtained {
-                Ok(info) => {
-                    rec.failures = 0;
-                    rec.next_attempt_at = None;
-                    rec.last_error = None;
-                    rec.last_success_at = Some(OffsetDateTime::now_utc());
-                    rec.last_outcome = Some("renewed".into());
-                    rec.renewals_ok += 1;
-                    info!(
-                        not_after = %rfc3339(info.not_after),
-                        serial = %info.serial,
-                        "installed new certificate"
-                    );
-                    // The ARI window of the new certificate (free when the CA has no ARI).
-                    let now = OffsetDateTime::now_utc();
-                    let disk = OnDisk::Present(info.clone());
-                    let ari = self.refresh_ari(cert, &disk, &mut rec, now).await;
-                    rec.ari_hold_until = match ari {
-                        Some(w) if w.start <= now => {
-                            let until = rec.ari_next_poll.unwrap_or(now + ARI_MIN_POLL);
-                            warn!(
-                                "the CA's ARI window for the certificate it just issued is already open; not renewing again before {}",
-                                rfc3339(until)
-                            );
-                            Some(until)
-                        }
-                        _ => None,
-                    };
-                    let outcome = run_hooks(cert, &info, &mut rec, "renewed").await;
-                    let next = decide(cert, &disk, ari.as_ref(), &rec, now).renew_at;
-                    CertResult {
-                        next_wake: self.next_wake(&rec, next, now),
-                        outcome,
-                        installed: true,
-                    }
-                }
-                Err(failure) => {
-                    let at = OffsetDateTime::now_utc();
-                    rec.failures += 1;
-                    rec.renewals_failed += 1;
-                    rec.last_failure_at = Some(at);
-                    let next = policy::next_attempt(rec.failures, at, failure.retry_after);
-                    rec.next_attempt_at = Some(next);
-                    rec.last_error = Some(failure.message.clone());
-                    rec.last_outcome = Some("failed".into());
-                    error!(
-                        next_attempt = %rfc3339(next),
-                        "renewal failed: {}",
-                        failure.message
-                    );
-                    fail(failure.message, next)
-                }
-            }
         };
+        result.fingerprint = result.fingerprint.or(fingerprint);
         if let Err(e) = self.state.save(&cert.name, &rec) {
             error!("cannot record state: {e}");
-            return fail(e.to_string(), now + policy::backoff_delay(1));
+            return failed(cert, e.to_string(), now + policy::backoff_delay(1));
         }
         result
+    }
+
+    /// Not due: nothing to order, but reload hooks still owed for the installed set run.
+    async fn not_due(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        decision: &Decision,
+        rec: &mut CertRecord,
+        now: OffsetDateTime,
+    ) -> CertResult {
+        info!(
+            renew_at = %rfc3339(decision.renew_at),
+            "not due: {}",
+            decision.reason
+        );
+        rec.last_outcome = Some("not-due".into());
+        let mut outcome = Outcome {
+            name: cert.name.clone(),
+            ok: true,
+            summary: format!("not due (renew at {})", rfc3339(decision.renew_at)),
+        };
+        if rec.hooks_pending
+            && let Some(info) = disk.info()
+        {
+            outcome = run_hooks(cert, info, rec, "hooks retried").await;
+        }
+        CertResult {
+            next_wake: self.next_wake(rec, decision.renew_at, now),
+            outcome,
+            installed: false,
+            fingerprint: None,
+        }
+    }
+
+    /// Due (or forced) and not backing off: reserve the outcome, order, install, reload.
+    async fn renew_now(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        decision: &Decision,
+        rec: &mut CertRecord,
+        force: bool,
+        now: OffsetDateTime,
+    ) -> CertResult {
+        if force && !decision.due {
+            info!(
+                "renewing (forced; otherwise due at {})",
+                rfc3339(decision.renew_at)
+            );
+        } else {
+            info!("renewing: {}", decision.reason);
+        }
+        let permit = self
+            .orders
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let reservation = match Reservation::take(&self.state, &cert.name, rec) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!(
+                    "not ordering: the outcome could not be recorded in the state directory ({e}); an order whose failure cannot be recorded would be repeated on every run"
+                );
+                error!("{msg}");
+                rec.last_error = Some(msg.clone());
+                return failed(cert, msg, now + policy::backoff_delay(1));
+            }
+        };
+        let obtained = self.obtain(cert, disk, rec).await;
+        drop(permit);
+        reservation.settle();
+        match obtained {
+            Ok((info, fingerprint)) => {
+                let mut r = self.installed(cert, info, rec).await;
+                r.fingerprint = Some(fingerprint);
+                r
+            }
+            Err(failure) => {
+                let at = OffsetDateTime::now_utc();
+                rec.failures += 1;
+                rec.renewals_failed += 1;
+                rec.last_failure_at = Some(at);
+                let next = policy::next_attempt(rec.failures, at, failure.retry_after);
+                rec.next_attempt_at = Some(next);
+                rec.last_error = Some(failure.message.clone());
+                rec.last_outcome = Some("failed".into());
+                error!(
+                    next_attempt = %rfc3339(next),
+                    "renewal failed: {}",
+                    failure.message
+                );
+                failed(cert, failure.message, next)
+            }
+        }
+    }
+
+    /// After a successful install: the new certificate's ARI window, then the hooks.
+    async fn installed(&self, cert: &CertConfig, info: CertInfo, rec: &mut CertRecord) -> CertResult {
+        info!(
+            not_after = %rfc3339(info.not_after),
+            serial = %info.serial,
+            "installed new certificate"
+        );
+        // The ARI window of the new certificate (free when the CA has no ARI).
+        let now = OffsetDateTime::now_utc();
+        let disk = OnDisk::Present(info.clone());
+        let ari = self.refresh_ari(cert, &disk, rec, now).await;
+        rec.ari_hold_until = match ari {
+            Some(w) if w.start <= now => {
+                let until = rec.ari_next_poll.unwrap_or(now + ARI_MIN_POLL);
+                warn!(
+                    "the CA's ARI window for the certificate it just issued is already open; not renewing again before {}",
+                    rfc3339(until)
+                );
+                Some(until)
+            }
+            _ => None,
+        };
+        let outcome = run_hooks(cert, &info, rec, "renewed").await;
+        let next = decide(cert, &disk, ari.as_ref(), rec, now).renew_at;
+        CertResult {
+            next_wake: self.next_wake(rec, next, now),
+            outcome,
+            installed: true,
+            fingerprint: None,
+        }
     }
 
     /// The earliest of: the renewal time, the next ARI poll, a hook retry.
@@ -575,7 +962,7 @@ impl Runner {
         if fresh && rec.ari_serial.as_deref() == Some(info.serial.as_str()) {
             return cached;
         }
-        let mut ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
+        let ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
         if ca.ari_supported == Some(false)
             && ca
                 .ari_checked_at
@@ -597,9 +984,10 @@ impl Runner {
                 rec.ari_serial = Some(info.serial.clone());
                 rec.ari_next_poll = Some(now + retry);
                 if ca.ari_supported != Some(true) {
-                    ca.ari_supported = Some(true);
-                    ca.ari_checked_at = Some(now);
-                    let _ = self.state.save_ca(&ca);
+                    self.update_ca(&self.cfg.acme.directory, |c| {
+                        c.ari_supported = Some(true);
+                        c.ari_checked_at = Some(now);
+                    });
                 }
                 info!(
                     cert = %cert.name,
@@ -616,9 +1004,10 @@ impl Runner {
                 } else {
                     info!("the CA does not offer ARI; using the renew_before threshold");
                 }
-                ca.ari_supported = Some(false);
-                ca.ari_checked_at = Some(now);
-                let _ = self.state.save_ca(&ca);
+                self.update_ca(&self.cfg.acme.directory, |c| {
+                    c.ari_supported = Some(false);
+                    c.ari_checked_at = Some(now);
+                });
                 None
             }
             Ok(AriLookup::NoIdentifier) => {
@@ -644,11 +1033,11 @@ impl Runner {
         cert: &CertConfig,
         disk: &OnDisk,
         rec: &mut CertRecord,
-    ) -> Result<CertInfo, Failure> {
+    ) -> Result<(CertInfo, Fingerprint), Failure> {
         let acme = self.acme().await?;
         let key = keys::generate(cert.key_type)?;
         let csr = keys::csr_der(&key, &cert.domains)?;
-        let mut ca = self
+        let ca = self
             .state
             .load_ca(acme.directory())
             .map_err(|e| e.to_string())?;
@@ -675,8 +1064,7 @@ impl Runner {
                 warn!(
                     "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"
                 );
-                ca.replaces_unsupported = true;
-                self.state.save_ca(&ca).map_err(|e| e.to_string())?;
+                self.update_ca(acme.directory(), |c| c.replaces_unsupported = true);
                 let req = OrderRequest {
                     replaces: None,
                     ..req
@@ -713,16 +1101,35 @@ impl Runner {
             fullchain_pem: chain,
             chain_pem,
         };
+        let fingerprint = set_fingerprint(cert, &set);
         let err = |e: store::StoreError| Failure::from(format!("install failed: {e}"));
         store::stage(&self.state, cert, &set).map_err(err)?;
         store::install(&self.state, &cert.name).map_err(err)?;
         rec.hooks_pending = true;
+        mark_installed(rec, OffsetDateTime::now_utc(), Some(&info.serial));
         self.state
             .save(&cert.name, rec)
             .map_err(|e| Failure::from(e.to_string()))?;
         store::finish(&self.state, &cert.name).map_err(err)?;
-        Ok(info)
+        Ok((info, fingerprint))
     }
+}
+
+/// The fingerprint the installed files will have: the same bytes the store writes, so the
+/// daemon recognises the echo of this install without reading the files back.
+fn set_fingerprint(cert: &CertConfig, set: &NewSet) -> Fingerprint {
+    let bundle = format!("{}{}", set.key_pem, set.fullchain_pem);
+    let mut contents = vec![
+        Some(set.fullchain_pem.as_bytes()),
+        Some(set.key_pem.as_bytes()),
+    ];
+    if cert.chain_path.is_some() {
+        contents.push(Some(set.chain_pem.as_bytes()));
+    }
+    if cert.bundle_path.is_some() {
+        contents.push(Some(bundle.as_bytes()));
+    }
+    fingerprint_of(contents)
 }
 
 /// One row of `status`.
@@ -889,4 +1296,137 @@ pub fn status_table(rows: &[StatusRow]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, RngCore};
+
+    /// The jitter must not move when Rust or `rand` is upgraded: these values are pinned.
+    #[test]
+    fn jitter_is_stable_across_releases() {
+        let mut a = jitter_rng_on(b"host-a", "www", Some("01ab"));
+        let first = a.next_u64();
+        let mut again = jitter_rng_on(b"host-a", "www", Some("01ab"));
+        assert_eq!(first, again.next_u64());
+        assert_eq!(first, 0x69cd_c22d_e8dd_80cb, "pinned value changed: {first:#x}");
+        // Field boundaries matter, and so do host, name and serial.
+        let others = [
+            jitter_rng_on(b"host-b", "www", Some("01ab")).next_u64(),
+            jitter_rng_on(b"host-a", "api", Some("01ab")).next_u64(),
+            jitter_rng_on(b"host-a", "www", Some("01ac")).next_u64(),
+            jitter_rng_on(b"host-a", "www", None).next_u64(),
+            jitter_rng_on(b"host-aw", "ww", Some("01ab")).next_u64(),
+        ];
+        for o in others {
+            assert_ne!(o, first);
+        }
+        let x: f64 = jitter_rng_on(b"h", "n", None).random();
+        assert!((0.0..1.0).contains(&x));
+    }
+
+    fn info(serial: &str) -> CertInfo {
+        CertInfo {
+            not_before: OffsetDateTime::UNIX_EPOCH,
+            not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(90),
+            serial: serial.into(),
+            sans: vec!["a.example".into()],
+            leaf_der: vec![],
+            chain_len: 1,
+        }
+    }
+
+    #[test]
+    fn a_set_destroyed_after_every_install_is_reported_not_reordered() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(10);
+        let gone = OnDisk::Missing("x does not exist".into());
+        let mut rec = CertRecord::default();
+        // Never installed by us: a missing file is simply due, never a conflict.
+        assert_eq!(note_damage(&mut rec, &gone, now), None);
+        assert_eq!(rec.damaged_in_a_row, 0);
+
+        mark_installed(&mut rec, now, Some("aa"));
+        // First time our set is gone: one re-order is allowed (someone deleted it).
+        assert_eq!(note_damage(&mut rec, &gone, now), None);
+        // Seen again on later passes (e.g. the CA is down): still counted once.
+        assert_eq!(note_damage(&mut rec, &gone, now), None);
+        assert_eq!(rec.damaged_in_a_row, 1);
+
+        mark_installed(&mut rec, now, Some("bb"));
+        let bad = OnDisk::Invalid {
+            reason: "out/a.crt: names missing".into(),
+            info: None,
+        };
+        let msg = note_damage(&mut rec, &bad, now).expect("second time in a row is reported");
+        assert!(msg.contains("2 times in a row") && msg.contains("names missing"), "{msg}");
+        assert!(msg.contains("serial bb"), "{msg}");
+
+        // Our set found intact resets the count.
+        mark_installed(&mut rec, now, Some("cc"));
+        assert_eq!(note_damage(&mut rec, &OnDisk::Present(info("cc")), now), None);
+        assert_eq!(rec.damaged_in_a_row, 0);
+        assert_eq!(note_damage(&mut rec, &gone, now), None);
+
+        // Damage found long after the install is a one-off, not a conflict.
+        let mut rec = CertRecord::default();
+        mark_installed(&mut rec, now, Some("aa"));
+        let _ = note_damage(&mut rec, &gone, now);
+        mark_installed(&mut rec, now, Some("bb"));
+        assert_eq!(note_damage(&mut rec, &gone, now + time::Duration::days(3)), None);
+    }
+
+    #[test]
+    fn reservation_records_a_failure_before_the_order_and_undoes_it_on_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::create(dir.path()).unwrap();
+        let rec = CertRecord {
+            renewals_ok: 3,
+            ..Default::default()
+        };
+        st.save("www", &rec).unwrap();
+
+        // Taken and never settled (the process dies here): a failure with a back-off.
+        let r = Reservation::take(&st, "www", &rec).unwrap();
+        let on_disk = st.load("www").unwrap();
+        assert_eq!(on_disk.failures, 1);
+        assert!(on_disk.next_attempt_at.is_some());
+        assert!(on_disk.last_error.as_deref().unwrap().contains("interrupted"));
+        std::mem::forget(r);
+        assert_eq!(st.load("www").unwrap().failures, 1);
+
+        // Dropped unsettled (a cancelled task): the record is put back.
+        st.save("www", &rec).unwrap();
+        drop(Reservation::take(&st, "www", &rec).unwrap());
+        assert_eq!(st.load("www").unwrap(), rec);
+
+        // Dropped after an install was recorded: that record stands.
+        let r = Reservation::take(&st, "www", &rec).unwrap();
+        let mut done = rec.clone();
+        mark_installed(&mut done, OffsetDateTime::now_utc(), Some("aa"));
+        st.save("www", &done).unwrap();
+        drop(r);
+        assert_eq!(st.load("www").unwrap(), done);
+    }
+
+    #[test]
+    fn reservation_fails_when_the_state_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::create(dir.path()).unwrap();
+        // A directory where the record file should be: the save fails like a full disk.
+        std::fs::create_dir(dir.path().join("certs/www.json")).unwrap();
+        assert!(Reservation::take(&st, "www", &CertRecord::default()).is_err());
+    }
+
+    #[test]
+    fn fingerprints_tell_contents_and_absence_apart() {
+        let a = fingerprint_of([Some(&b"x"[..]), None]);
+        assert_eq!(a, fingerprint_of([Some(&b"x"[..]), None]));
+        assert_ne!(a, fingerprint_of([Some(&b"x"[..]), Some(&b""[..])]));
+        assert_ne!(a, fingerprint_of([None, Some(&b"x"[..])]));
+        assert_ne!(
+            fingerprint_of([Some(&b"ab"[..]), Some(&b"c"[..])]),
+            fingerprint_of([Some(&b"a"[..]), Some(&b"bc"[..])])
+        );
+    }
 }

@@ -53,6 +53,12 @@ pub struct CertRecord {
     pub renewals_failed: u64,
     /// Failed reload hook runs so far (for metrics).
     pub hook_failures: u64,
+    /// Serial of the set certkeeper installed (or last found intact) at the paths.
+    pub installed_serial: Option<String>,
+    /// That set has been found missing or invalid since it was installed.
+    pub damaged_since_install: bool,
+    /// Installed sets found destroyed soon after their install, in a row.
+    pub damaged_in_a_row: u32,
 }
 
 /// Facts learned about a CA at run time.
