@@ -46,3 +46,19 @@ pub fn point(name: &str) {
     // raise() only returns if the signal could not be sent.
     std::process::abort();
 }
+
+/// `CERTKEEPER_FAULT_TIME_SCALE=N` (debug builds only) divides the retry ladder's delays by
+/// N, so a test can watch a back-off end without waiting minutes. Release builds always use
+/// the real ladder.
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    if !cfg!(debug_assertions) {
+        return d;
+    }
+    match std::env::var("CERTKEEPER_FAULT_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        Some(n) if n > 1 => d / n,
+        _ => d,
+    }
+}

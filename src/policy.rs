@@ -241,7 +241,7 @@ pub fn next_attempt(
     failed_at: OffsetDateTime,
     retry_after: Option<OffsetDateTime>,
 ) -> OffsetDateTime {
-    let ladder = failed_at + backoff_delay(failures);
+    let ladder = failed_at + crate::fault::scaled(backoff_delay(failures));
     match retry_after {
         Some(r) if r > ladder => r,
         _ => ladder,

@@ -80,11 +80,7 @@ pub fn jitter_rng(name: &str, serial: Option<&str>) -> JitterRng {
 /// [`jitter_rng`] for a given host name (tests pin its output).
 fn jitter_rng_on(host: &[u8], name: &str, serial: Option<&str>) -> JitterRng {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for field in [
-        host,
-        name.as_bytes(),
-        serial.unwrap_or("").as_bytes(),
-    ] {
+    for field in [host, name.as_bytes(), serial.unwrap_or("").as_bytes()] {
         ctx.update(&(field.len() as u64).to_be_bytes());
         ctx.update(field);
     }
@@ -348,7 +344,9 @@ fn note_damage(rec: &mut CertRecord, disk: &OnDisk, now: OffsetDateTime) -> Opti
     };
     Some(format!(
         "the set installed at {} (serial {ours}) was destroyed soon after its install, {} times in a row (now: {what}); another program or another certkeeper writes these files. Not ordering again: fix the conflict, then run `certkeeper renew --force`",
-        rec.last_success_at.map(rfc3339).unwrap_or_else(|| "?".into()),
+        rec.last_success_at
+            .map(rfc3339)
+            .unwrap_or_else(|| "?".into()),
         rec.damaged_in_a_row,
     ))
 }
@@ -531,7 +529,9 @@ pub fn record_panic(state: &StateDir, name: &str, what: &str) -> OffsetDateTime 
     rec.last_failure_at = Some(now);
     let next = policy::next_attempt(rec.failures, now, None);
     rec.next_attempt_at = Some(next);
-    rec.last_error = Some(format!("internal error: the certificate task panicked: {what}"));
+    rec.last_error = Some(format!(
+        "internal error: the certificate task panicked: {what}"
+    ));
     rec.last_outcome = Some("failed".into());
     if let Err(e) = state.save(name, &rec) {
         error!(cert = %name, "cannot record state: {e}");
@@ -559,7 +559,11 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
     let _lock = state.lock("certkeeper renew")?;
     // Certificates not selected still get their interrupted installs completed, so no
     // half-installed set is left behind; the selected ones do it in their own task.
-    for cert in cfg.certs.iter().filter(|c| !selected.iter().any(|s| s.name == c.name)) {
+    for cert in cfg
+        .certs
+        .iter()
+        .filter(|c| !selected.iter().any(|s| s.name == c.name))
+    {
         let mut rec = state.load(&cert.name).unwrap_or_default();
         if let Err(e) = roll_forward(&state, &cert.name, &mut rec) {
             error!(cert = %cert.name, "{e}");
@@ -677,8 +681,13 @@ impl Runner {
                 rec = r;
                 rolled
             }
-            Ok((Err(e), _)) => {
+            Ok((Err(e), mut r)) => {
                 error!("{e}");
+                r.last_error = Some(e.clone());
+                r.last_outcome = Some("install-failed".into());
+                if let Err(se) = self.state.save(&cert.name, &r) {
+                    error!("cannot record state: {se}");
+                }
                 return failed(cert, e, now + policy::backoff_delay(1));
             }
             Err(e) => return failed(cert, e.to_string(), now + policy::backoff_delay(1)),
@@ -791,6 +800,7 @@ impl Runner {
                 return failed(cert, msg, now + policy::backoff_delay(1));
             }
         };
+        crate::fault::point("before-order");
         let obtained = self.obtain(cert, disk, rec).await;
         drop(permit);
         reservation.settle();
@@ -820,7 +830,12 @@ impl Runner {
     }
 
     /// After a successful install: the new certificate's ARI window, then the hooks.
-    async fn installed(&self, cert: &CertConfig, info: CertInfo, rec: &mut CertRecord) -> CertResult {
+    async fn installed(
+        &self,
+        cert: &CertConfig,
+        info: CertInfo,
+        rec: &mut CertRecord,
+    ) -> CertResult {
         info!(
             not_after = %rfc3339(info.not_after),
             serial = %info.serial,
@@ -886,14 +901,16 @@ async fn run_hooks(
         not_after: rfc3339(info.not_after),
         serial: info.serial.clone(),
     };
-    match run_reload_hooks(
+    crate::fault::point("before-hooks");
+    let ran = run_reload_hooks(
         &cert.reload,
         cert.reload_signal.as_ref(),
         &event,
         cert.hook_timeout,
     )
-    .await
-    {
+    .await;
+    crate::fault::point("after-hooks");
+    match ran {
         Ok(()) => {
             rec.hooks_pending = false;
             if done == "hooks retried" {
@@ -1105,12 +1122,15 @@ impl Runner {
         let err = |e: store::StoreError| Failure::from(format!("install failed: {e}"));
         store::stage(&self.state, cert, &set).map_err(err)?;
         store::install(&self.state, &cert.name).map_err(err)?;
+        crate::fault::point("installed-before-record");
         rec.hooks_pending = true;
         mark_installed(rec, OffsetDateTime::now_utc(), Some(&info.serial));
         self.state
             .save(&cert.name, rec)
             .map_err(|e| Failure::from(e.to_string()))?;
+        crate::fault::point("recorded-before-finish");
         store::finish(&self.state, &cert.name).map_err(err)?;
+        crate::fault::point("finished");
         Ok((info, fingerprint))
     }
 }
@@ -1310,7 +1330,10 @@ mod tests {
         let first = a.next_u64();
         let mut again = jitter_rng_on(b"host-a", "www", Some("01ab"));
         assert_eq!(first, again.next_u64());
-        assert_eq!(first, 0x69cd_c22d_e8dd_80cb, "pinned value changed: {first:#x}");
+        assert_eq!(
+            first, 0x69cd_c22d_e8dd_80cb,
+            "pinned value changed: {first:#x}"
+        );
         // Field boundaries matter, and so do host, name and serial.
         let others = [
             jitter_rng_on(b"host-b", "www", Some("01ab")).next_u64(),
@@ -1359,12 +1382,18 @@ mod tests {
             info: None,
         };
         let msg = note_damage(&mut rec, &bad, now).expect("second time in a row is reported");
-        assert!(msg.contains("2 times in a row") && msg.contains("names missing"), "{msg}");
+        assert!(
+            msg.contains("2 times in a row") && msg.contains("names missing"),
+            "{msg}"
+        );
         assert!(msg.contains("serial bb"), "{msg}");
 
         // Our set found intact resets the count.
         mark_installed(&mut rec, now, Some("cc"));
-        assert_eq!(note_damage(&mut rec, &OnDisk::Present(info("cc")), now), None);
+        assert_eq!(
+            note_damage(&mut rec, &OnDisk::Present(info("cc")), now),
+            None
+        );
         assert_eq!(rec.damaged_in_a_row, 0);
         assert_eq!(note_damage(&mut rec, &gone, now), None);
 
@@ -1373,7 +1402,10 @@ mod tests {
         mark_installed(&mut rec, now, Some("aa"));
         let _ = note_damage(&mut rec, &gone, now);
         mark_installed(&mut rec, now, Some("bb"));
-        assert_eq!(note_damage(&mut rec, &gone, now + time::Duration::days(3)), None);
+        assert_eq!(
+            note_damage(&mut rec, &gone, now + time::Duration::days(3)),
+            None
+        );
     }
 
     #[test]
@@ -1391,7 +1423,13 @@ mod tests {
         let on_disk = st.load("www").unwrap();
         assert_eq!(on_disk.failures, 1);
         assert!(on_disk.next_attempt_at.is_some());
-        assert!(on_disk.last_error.as_deref().unwrap().contains("interrupted"));
+        assert!(
+            on_disk
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("interrupted")
+        );
         std::mem::forget(r);
         assert_eq!(st.load("www").unwrap().failures, 1);
 

@@ -31,7 +31,12 @@ pub struct Daemon {
 impl Daemon {
     /// Start `certkeeper -c <cfg> -v run`; its log goes to `<tmp>/<name>.stderr`.
     pub fn start(env: &TestEnv, name: &str, cfg: &Path) -> Self {
-        let proc = env.spawn(name, cfg, &["-v", "run"]);
+        Self::start_env(env, name, cfg, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (fault injection).
+    pub fn start_env(env: &TestEnv, name: &str, cfg: &Path, envs: &[(&str, &str)]) -> Self {
+        let proc = env.spawn_env(name, cfg, &["-v", "run"], envs);
         let mut d = Self {
             proc,
             cfg: cfg.to_owned(),

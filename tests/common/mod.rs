@@ -672,7 +672,21 @@ impl TestEnv {
 
     /// Start `certkeeper -c <cfg> <args>` in the background.
     pub fn spawn(&self, name: &str, cfg: &Path, args: &[&str]) -> Subprocess {
-        let cmd = self.base_command(Some(cfg), args);
+        self.spawn_env(name, cfg, args, &[])
+    }
+
+    /// Start `certkeeper -c <cfg> <args>` in the background with extra environment.
+    pub fn spawn_env(
+        &self,
+        name: &str,
+        cfg: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Subprocess {
+        let mut cmd = self.base_command(Some(cfg), args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
         Subprocess::spawn(name, cmd, self.dir.path())
     }
 
