@@ -362,6 +362,8 @@ struct Reservation {
     original: CertRecord,
     reserved: CertRecord,
     settled: bool,
+    /// Set by the install job once it starts; from then on its record stands.
+    installing: Arc<std::sync::Mutex<bool>>,
 }
 
 impl Reservation {
@@ -383,6 +385,7 @@ impl Reservation {
             original: rec.clone(),
             reserved,
             settled: false,
+            installing: Arc::default(),
         })
     }
 
@@ -397,8 +400,10 @@ impl Drop for Reservation {
         if self.settled {
             return;
         }
-        // Only undo our own reservation: once an install was recorded, that record stands.
-        if self.state.load(&self.name).ok().as_ref() == Some(&self.reserved) {
+        // Only undo our own reservation, and never once an install has started: its
+        // record stands. The lock orders this against the install job's start.
+        let installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
+        if !*installing && self.state.load(&self.name).ok().as_ref() == Some(&self.reserved) {
             let _ = self.state.save(&self.name, &self.original);
         }
     }
@@ -801,7 +806,7 @@ impl Runner {
             }
         };
         crate::fault::point("before-order");
-        let obtained = self.obtain(cert, disk, rec).await;
+        let obtained = self.obtain(cert, disk, rec, &reservation.installing).await;
         drop(permit);
         reservation.settle();
         match obtained {
@@ -1050,10 +1055,19 @@ impl Runner {
         cert: &CertConfig,
         disk: &OnDisk,
         rec: &mut CertRecord,
+        installing: &Arc<std::sync::Mutex<bool>>,
     ) -> Result<(CertInfo, Fingerprint), Failure> {
         let acme = self.acme().await?;
-        let key = keys::generate(cert.key_type)?;
-        let csr = keys::csr_der(&key, &cert.domains)?;
+        // Key generation is CPU-heavy (RSA-4096 takes seconds): off the async workers, so
+        // the HTTP-01 responder and the other certificates keep going.
+        let (kind, domains) = (cert.key_type, cert.domains.clone());
+        let (key, csr) = tokio::task::spawn_blocking(move || {
+            let key = keys::generate(kind)?;
+            let csr = keys::csr_der(&key, &domains)?;
+            Ok::<_, String>((key, csr))
+        })
+        .await
+        .map_err(|e| Failure::from(format!("key generation failed: {e}")))??;
         let ca = self
             .state
             .load_ca(acme.directory())
@@ -1119,20 +1133,52 @@ impl Runner {
             chain_pem,
         };
         let fingerprint = set_fingerprint(cert, &set);
-        let err = |e: store::StoreError| Failure::from(format!("install failed: {e}"));
-        store::stage(&self.state, cert, &set).map_err(err)?;
-        store::install(&self.state, &cert.name).map_err(err)?;
-        crate::fault::point("installed-before-record");
-        rec.hooks_pending = true;
-        mark_installed(rec, OffsetDateTime::now_utc(), Some(&info.serial));
-        self.state
-            .save(&cert.name, rec)
-            .map_err(|e| Failure::from(e.to_string()))?;
-        crate::fault::point("recorded-before-finish");
-        store::finish(&self.state, &cert.name).map_err(err)?;
-        crate::fault::point("finished");
+        // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
+        // stay off the async workers, and a cancelled task (graceful shutdown) cannot stop
+        // an install half-way, since a started blocking job always runs to its end.
+        let (state, c, mut r, serial) = (
+            self.state.clone(),
+            cert.clone(),
+            rec.clone(),
+            info.serial.clone(),
+        );
+        let installing = installing.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            *installing.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            let res = install_set(&state, &c, &set, &mut r, &serial);
+            (res, r)
+        })
+        .await
+        .map_err(|e| Failure::from(format!("install failed: {e}")))?;
+        *rec = done.1;
+        done.0?;
         Ok((info, fingerprint))
     }
+}
+
+/// Stages and installs a verified set, records it (hooks pending), then clears the
+/// staging area. Blocking. A crash anywhere in here is completed by [`roll_forward`].
+fn install_set(
+    state: &StateDir,
+    cert: &CertConfig,
+    set: &NewSet,
+    rec: &mut CertRecord,
+    serial: &str,
+) -> Result<(), Failure> {
+    let err = |e: store::StoreError| Failure::from(format!("install failed: {e}"));
+    store::stage(state, cert, set).map_err(err)?;
+    crate::fault::point("staged");
+    store::install(state, &cert.name).map_err(err)?;
+    crate::fault::point("installed-before-record");
+    rec.hooks_pending = true;
+    mark_installed(rec, OffsetDateTime::now_utc(), Some(serial));
+    state
+        .save(&cert.name, rec)
+        .map_err(|e| Failure::from(e.to_string()))?;
+    crate::fault::point("recorded-before-finish");
+    store::finish(state, &cert.name).map_err(err)?;
+    crate::fault::point("finished");
+    Ok(())
 }
 
 /// The fingerprint the installed files will have: the same bytes the store writes, so the
