@@ -449,3 +449,111 @@ fn two_renews_and_a_daemon_order_each_certificate_once() {
     );
     let _ = d.is_running();
 }
+
+/// File-safety scenario: while 15 renewals run, a reader lists the certificate
+/// directory in a tight loop; no file that holds a private key (the key, the
+/// bundle, their `.prev` copies, temp files) is ever seen readable by group or
+/// others, and neither is the ACME account key in the state directory.
+#[test]
+fn private_keys_are_never_readable_by_others_even_for_an_instant() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::with_pebble(PebbleOpts {
+        nonce_reject: Some(0),
+        ..PebbleOpts::default()
+    });
+    let certs = env.path("certs");
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        env.defaults_http01(""),
+        env.cert_block(
+            "k",
+            &["k.example.com"],
+            &format!("bundle_path = {}", toml_str(certs.join("k.bundle")))
+        ),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let looks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let dirs = [certs.clone(), env.state_dir().join("accounts")];
+    let reader = {
+        let (stop, seen, looks) = (stop.clone(), seen.clone(), looks.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for d in &dirs {
+                    let Ok(rd) = fs::read_dir(d) else { continue };
+                    for e in rd.flatten() {
+                        let Ok(md) = e.metadata() else { continue };
+                        looks.fetch_add(1, Ordering::Relaxed);
+                        let mode = md.permissions().mode() & 0o777;
+                        if mode & 0o077 == 0 || !md.is_file() {
+                            continue;
+                        }
+                        let holds_key = fs::read(e.path())
+                            .map(|d| String::from_utf8_lossy(&d).contains("PRIVATE KEY"))
+                            .unwrap_or(false)
+                            || e.file_name().to_string_lossy().contains("key");
+                        if holds_key {
+                            seen.lock()
+                                .unwrap()
+                                .push(format!("{} mode {mode:o}", e.path().display()));
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut runs = 0;
+    for _ in 0..15 {
+        let out = env.run(&cfg, &["renew", "--force"]);
+        assert_eq!(out.code, 0, "{out}");
+        runs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let seen = seen.lock().unwrap();
+    eprintln!(
+        "FIGURE key modes: {runs} renewals, {} file looks, {} key files readable by others",
+        looks.load(Ordering::Relaxed),
+        seen.len()
+    );
+    assert!(seen.is_empty(), "{seen:#?}");
+}
+
+/// File-safety scenario: symlinks planted where certkeeper writes (`.prev`
+/// files, the webroot's token directory) never redirect a write outside the
+/// configured paths.
+#[test]
+fn planted_symlinks_never_redirect_a_write() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let cfg = two_certs(&env, "");
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 0, "{out}");
+    let outside = env.root().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let (fcert, fkey) = env.cert_paths("f");
+    let mut victims = Vec::new();
+    for p in [&fcert, &fkey] {
+        let victim = outside.join(format!(
+            "victim-{}",
+            p.file_name().unwrap().to_string_lossy()
+        ));
+        fs::write(&victim, b"precious\n").unwrap();
+        let prev = PathBuf::from(format!("{}.prev", p.display()));
+        let _ = fs::remove_file(&prev);
+        std::os::unix::fs::symlink(&victim, &prev).unwrap();
+        victims.push(victim);
+    }
+    let out = env.run(&cfg, &["renew", "--force", "f"]);
+    assert_eq!(out.code, 0, "{out}");
+    for v in &victims {
+        assert_eq!(
+            read(v),
+            b"precious\n",
+            "{} was written through a symlink",
+            v.display()
+        );
+    }
+    assert_key_matches(&fcert, &fkey);
+}
