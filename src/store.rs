@@ -11,9 +11,19 @@
 //! 3. **Roll forward**: if the process dies during (2), the manifest is still there and the
 //!    next start installs it again before doing anything else.
 //!
-//! Nothing is ever removed before its replacement is in place.
+//! Nothing is ever removed before its replacement is in place, and nothing that is not a
+//! regular file (a FIFO, a device, a directory someone put at `cert_path`) is ever replaced:
+//! certkeeper did not write it, so the certificate fails with an error instead.
+//!
+//! Temp files follow [`fsx::write_atomic`]'s naming; those a crash or a full disk left
+//! behind are removed by [`fsx::remove_stale_temps`] for every target before installing
+//! (which also covers roll-forward). `.prev` copies of the key and bundle get `key_mode`,
+//! whatever the mode of the file they preserve.
+//!
+//! Every error names the certificate ([`StoreError::cert`]) so a caller iterating over
+//! certificates can attribute it to that one only.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,25 +31,48 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CertConfig;
+use crate::fsx::{self, PEM_LIMIT, fsync_dir, parent};
 use crate::state::StateDir;
 
-/// Errors while staging or installing, naming the file involved.
+/// Kept for callers that wrote through the store before [`fsx`] existed.
+pub use crate::fsx::write_atomic;
+
+/// Errors while staging or installing, naming the certificate and the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Filesystem failure on a path.
-    #[error("{path}: {source}")]
+    #[error("certificate {cert}: {}: {source}", path.display())]
     Io {
+        /// The certificate.
+        cert: String,
         /// The path.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
+    /// A file to read or replace is not a regular file (or is too large to be ours).
+    #[error(
+        "certificate {cert}: {source}; refusing to replace it (move it away to let certkeeper install there)"
+    )]
+    NotRegular {
+        /// The certificate.
+        cert: String,
+        /// What the bounded reader found.
+        source: fsx::ReadError,
+    },
     /// Owner or group could not be resolved.
-    #[error("{0}")]
-    Owner(String),
+    #[error("certificate {cert}: {message}")]
+    Owner {
+        /// The certificate.
+        cert: String,
+        /// Which user or group is missing.
+        message: String,
+    },
     /// The staged manifest is unreadable.
-    #[error("{path}: corrupt staging manifest: {message}")]
+    #[error("certificate {cert}: {}: corrupt staging manifest: {message}", path.display())]
     Manifest {
+        /// The certificate.
+        cert: String,
         /// The manifest file.
         path: PathBuf,
         /// Why.
@@ -47,10 +80,57 @@ pub enum StoreError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+impl StoreError {
+    /// The certificate the error belongs to.
+    pub fn cert(&self) -> &str {
+        match self {
+            Self::Io { cert, .. }
+            | Self::NotRegular { cert, .. }
+            | Self::Owner { cert, .. }
+            | Self::Manifest { cert, .. } => cert,
+        }
+    }
+
+    /// The file involved, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Io { path, .. } | Self::Manifest { path, .. } => Some(path),
+            Self::NotRegular { source, .. } => match source {
+                fsx::ReadError::NotFound { path }
+                | fsx::ReadError::NotRegular { path, .. }
+                | fsx::ReadError::TooLarge { path, .. }
+                | fsx::ReadError::Io { path, .. } => Some(path),
+            },
+            Self::Owner { .. } => None,
+        }
+    }
+}
+
+fn io<'a>(cert: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
+        cert: cert.to_string(),
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Maps a bounded-read failure: I/O stays I/O, anything else means "not a file of ours".
+fn read_err(cert: &str, e: fsx::ReadError) -> StoreError {
+    match e {
+        fsx::ReadError::Io { path, source } => StoreError::Io {
+            cert: cert.to_string(),
+            path,
+            source,
+        },
+        fsx::ReadError::NotFound { path } => StoreError::Io {
+            cert: cert.to_string(),
+            path,
+            source: std::io::ErrorKind::NotFound.into(),
+        },
+        source => StoreError::NotRegular {
+            cert: cert.to_string(),
+            source,
+        },
     }
 }
 
@@ -115,83 +195,83 @@ pub fn resolve_owner(
     Ok((uid, gid))
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+fn prev_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.prev", path.display()))
 }
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Writes `data` to `path` atomically: temp file in the same directory created with mode
-/// 0600, then `mode`/owner applied, fsync, rename, fsync of the directory.
-pub fn write_atomic(
+/// Keeps the current file as `<path>.prev`, atomically, without ever removing `path`. The
+/// copy gets `mode` (the target's configured mode), not the old file's: a key that was
+/// world-readable must not stay so in its backup. A copy, not a hard link, for the same
+/// reason: a link would share the old inode and its mode.
+fn keep_previous(
+    cert: &str,
     path: &Path,
-    data: &[u8],
     mode: u32,
-    owner: Option<(Option<u32>, Option<u32>)>,
-) -> std::io::Result<()> {
-    let dir = parent(path);
-    let tmp = dir.join(format!(
-        ".{}.certkeeper-tmp.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        if let Some((uid, gid)) = owner
-            && (uid.is_some() || gid.is_some())
-        {
-            nix::unistd::fchown(
-                &f,
-                uid.map(nix::unistd::Uid::from_raw),
-                gid.map(nix::unistd::Gid::from_raw),
-            )
-            .map_err(std::io::Error::from)?;
-        }
-        // Set the exact mode after creation: the umask must not widen or narrow it.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    owner: (Option<u32>, Option<u32>),
+) -> Result<(), StoreError> {
+    let data = match fsx::read_regular(path, PEM_LIMIT, true) {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(read_err(cert, e)),
+    };
+    let prev = prev_path(path);
+    write_atomic(&prev, &data, mode, Some(owner)).map_err(io(cert, &prev))
 }
 
-/// Keeps the current file as `<path>.prev`, atomically, without ever removing `path`.
-fn keep_previous(path: &Path) -> std::io::Result<()> {
-    if !path.exists() {
+/// The paths certkeeper would write for a certificate, with their configured modes.
+fn targets(cert: &CertConfig) -> Vec<(&Path, u32)> {
+    let mut v = vec![
+        (cert.key_path.as_path(), cert.key_mode),
+        (cert.cert_path.as_path(), cert.cert_mode),
+    ];
+    if let Some(p) = &cert.chain_path {
+        v.push((p, cert.cert_mode));
+    }
+    if let Some(p) = &cert.bundle_path {
+        v.push((p, cert.key_mode));
+    }
+    v
+}
+
+/// Refuses a target (or its `.prev`) that exists but is not a regular file. Call it before
+/// ordering, too: a FIFO at `cert_path` will refuse the install whatever the CA sends.
+pub fn preflight(cert: &CertConfig) -> Result<(), StoreError> {
+    for (p, _) in targets(cert) {
+        check_regular(&cert.name, p)?;
+        check_regular(&cert.name, &prev_path(p))?;
+    }
+    Ok(())
+}
+
+fn check_regular(cert: &str, p: &Path) -> Result<(), StoreError> {
+    match fsx::non_regular(p) {
+        Some(what) => Err(StoreError::NotRegular {
+            cert: cert.to_string(),
+            source: fsx::ReadError::NotRegular {
+                path: p.to_path_buf(),
+                what,
+            },
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Removes temp files a crash or a full disk left next to `target` (and its `.prev`).
+fn clean_temps(cert: &str, target: &Path) -> Result<(), StoreError> {
+    let dir = parent(target);
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Ok(());
+    };
+    for n in [name.clone(), format!("{name}.prev")] {
+        for p in fsx::remove_stale_temps(dir, &n).map_err(io(cert, dir))? {
+            tracing::info!(
+                cert,
+                "removed a temp file an interrupted run left: {}",
+                p.display()
+            );
+        }
     }
-    let prev = PathBuf::from(format!("{}.prev", path.display()));
-    let tmp = PathBuf::from(format!("{}.prev.certkeeper-tmp", path.display()));
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(path, &tmp).is_err() {
-        // Filesystems without hard links: copy, preserving the mode.
-        let mode = std::fs::metadata(path)?.permissions().mode();
-        let data = std::fs::read(path)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&data)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &prev)
+    Ok(())
 }
 
 fn manifest_path(state: &StateDir, name: &str) -> PathBuf {
@@ -199,20 +279,27 @@ fn manifest_path(state: &StateDir, name: &str) -> PathBuf {
 }
 
 /// Writes the complete new set into the staging area and commits it with a manifest.
+/// Refuses (before writing anything) when a target is not a regular file.
 pub fn stage(state: &StateDir, cert: &CertConfig, set: &NewSet) -> Result<(), StoreError> {
-    let dir = state.staging_dir(&cert.name);
+    let name = cert.name.as_str();
+    preflight(cert)?;
+    let dir = state.staging_dir(name);
     // Anything there without a manifest is an abandoned half-staging; with a manifest it
     // would have been rolled forward before we got here.
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::remove_dir_all(&dir).map_err(io(name, &dir))?;
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(io(&dir))?;
-    let owner =
-        resolve_owner(cert.owner.as_deref(), cert.group.as_deref()).map_err(StoreError::Owner)?;
+        .map_err(io(name, &dir))?;
+    let owner = resolve_owner(cert.owner.as_deref(), cert.group.as_deref()).map_err(|message| {
+        StoreError::Owner {
+            cert: name.to_string(),
+            message,
+        }
+    })?;
     let bundle = format!("{}{}", set.key_pem, set.fullchain_pem);
     let mut files: Vec<(&str, &[u8], &Path, u32)> = vec![
         (
@@ -242,29 +329,29 @@ pub fn stage(state: &StateDir, cert: &CertConfig, set: &NewSet) -> Result<(), St
             .create_new(true)
             .mode(0o600)
             .open(&p)
-            .map_err(io(&p))?;
-        f.write_all(data).map_err(io(&p))?;
-        f.sync_all().map_err(io(&p))?;
+            .map_err(io(name, &p))?;
+        f.write_all(data).map_err(io(name, &p))?;
+        f.sync_all().map_err(io(name, &p))?;
         entries.push(Entry {
             target: target.to_path_buf(),
             staged: staged.to_string(),
             mode,
         });
     }
-    fsync_dir(&dir).map_err(io(&dir))?;
+    fsync_dir(&dir).map_err(io(name, &dir))?;
     let manifest = Manifest {
         entries,
         uid: owner.0,
         gid: owner.1,
     };
-    let mp = manifest_path(state, &cert.name);
+    let mp = manifest_path(state, name);
     write_atomic(
         &mp,
         &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
         0o600,
         None,
     )
-    .map_err(io(&mp))
+    .map_err(io(name, &mp))
 }
 
 /// Is there a committed, not yet completed install for this certificate?
@@ -283,28 +370,43 @@ fn fault_point(name: &str) {
 /// Installs the staged set into place (see the module docs). Returns false if nothing
 /// was staged. The staging dir is left in place: call [`finish`] once the state records
 /// that hooks are pending, so a crash in between still leads to hooks running.
+///
+/// Only this certificate's files are touched, and every error names it, so one broken
+/// certificate's roll-forward never stands in the way of another's.
 pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
     let mp = manifest_path(state, name);
-    let raw = match std::fs::read(&mp) {
+    let raw = match fsx::read_regular(&mp, fsx::STATE_LIMIT, false) {
         Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io(&mp)(e)),
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(read_err(name, e)),
     };
     let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| StoreError::Manifest {
+        cert: name.to_string(),
         path: mp.clone(),
         message: e.to_string(),
     })?;
+    // Nothing is replaced unless every target can be: check them all before the first rename.
+    for e in &manifest.entries {
+        check_regular(name, &e.target)?;
+        check_regular(name, &prev_path(&e.target))?;
+    }
+    for e in &manifest.entries {
+        clean_temps(name, &e.target)?;
+    }
+    let owner = (manifest.uid, manifest.gid);
     let dir = state.staging_dir(name);
     let mut renamed = 0;
     for e in &manifest.entries {
         let staged = dir.join(&e.staged);
-        let data = std::fs::read(&staged).map_err(io(&staged))?;
-        if std::fs::read(&e.target).ok().as_deref() == Some(&data[..]) {
-            continue; // already installed by an interrupted run
+        let data = fsx::read_regular(&staged, PEM_LIMIT, false).map_err(|e| read_err(name, e))?;
+        match fsx::read_regular(&e.target, PEM_LIMIT, true) {
+            Ok(cur) if cur == data => continue, // already installed by an interrupted run
+            Ok(_) => {}
+            Err(err) if err.is_not_found() => {}
+            Err(err) => return Err(read_err(name, err)),
         }
-        keep_previous(&e.target).map_err(io(&e.target))?;
-        write_atomic(&e.target, &data, e.mode, Some((manifest.uid, manifest.gid)))
-            .map_err(io(&e.target))?;
+        keep_previous(name, &e.target, e.mode, owner)?;
+        write_atomic(&e.target, &data, e.mode, Some(owner)).map_err(io(name, &e.target))?;
         renamed += 1;
         if renamed == 1 {
             fault_point("install-after-first-rename");
@@ -319,11 +421,54 @@ pub fn finish(state: &StateDir, name: &str) -> Result<(), StoreError> {
     match std::fs::remove_file(&mp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&mp)(e)),
+        Err(e) => return Err(io(name, &mp)(e)),
     }
     let dir = state.staging_dir(name);
-    fsync_dir(&dir).map_err(io(&dir))?;
-    std::fs::remove_dir_all(&dir).map_err(io(&dir))
+    fsync_dir(&dir).map_err(io(name, &dir))?;
+    std::fs::remove_dir_all(&dir).map_err(io(name, &dir))
+}
+
+/// Gives a key or bundle (and their `.prev`) that is more open than `key_mode` a fresh
+/// copy with `key_mode` and the configured owner, through the store: same bytes, written
+/// to a 0600 temp and renamed over the path. Returns the repaired paths.
+///
+/// Why not `chmod` in place: the inode may be shared (a hard-linked `.prev` from an older
+/// certkeeper, or another name for the same file) and a chmod would silently change the
+/// other name too; a fresh inode changes exactly the configured path, is never more open
+/// than `key_mode` at any instant, and leaves the old inode to whoever still has it open.
+/// Like an install, a symlink at the configured path is replaced by the repaired file,
+/// never followed to write elsewhere. Does nothing while an install is staged: the
+/// roll-forward writes the right modes anyway. Callers hold the state lock.
+pub fn repair_modes(state: &StateDir, cert: &CertConfig) -> Result<Vec<PathBuf>, StoreError> {
+    let name = cert.name.as_str();
+    if has_staged(state, name) {
+        return Ok(Vec::new());
+    }
+    let owner = resolve_owner(cert.owner.as_deref(), cert.group.as_deref()).map_err(|message| {
+        StoreError::Owner {
+            cert: name.to_string(),
+            message,
+        }
+    })?;
+    let mut repaired = Vec::new();
+    let secrets = [Some(&cert.key_path), cert.bundle_path.as_ref()];
+    for path in secrets.into_iter().flatten() {
+        for p in [path.clone(), prev_path(path)] {
+            let meta = match std::fs::metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(name, &p)(e)),
+            };
+            if !crate::inventory::mode_too_open(meta.permissions().mode(), cert.key_mode) {
+                continue;
+            }
+            let data = fsx::read_regular(&p, PEM_LIMIT, true).map_err(|e| read_err(name, e))?;
+            clean_temps(name, &p)?;
+            write_atomic(&p, &data, cert.key_mode, Some(owner)).map_err(io(name, &p))?;
+            repaired.push(p);
+        }
+    }
+    Ok(repaired)
 }
 
 #[cfg(test)]
