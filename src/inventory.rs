@@ -462,6 +462,147 @@ mod tests {
         );
     }
 
+    /// A CA and a leaf it issued, as (leaf key PEM, leaf PEM, CA PEM).
+    fn issued(names: &[&str]) -> (String, String, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        cp.distinguished_name = rcgen::DistinguishedName::new();
+        cp.distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca = cp.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(cp, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].to_string());
+        let leaf = p.signed_by(&key, &issuer).unwrap();
+        (key.serialize_pem(), leaf.pem(), ca.pem())
+    }
+
+    fn cert_cfg(dir: &Path, extra: &str) -> CertConfig {
+        let src = format!(
+            r#"
+state_dir = "{d}/state"
+[acme]
+directory = "https://127.0.0.1:1/dir"
+[[cert]]
+name = "t"
+domains = ["a.example"]
+cert_path = "{d}/cert.pem"
+key_path = "{d}/key.pem"
+http01_listen = "127.0.0.1:1"
+{extra}
+"#,
+            d = dir.display()
+        );
+        crate::config::Config::from_str_at(&src, Path::new("t.toml"), dir)
+            .unwrap()
+            .certs
+            .remove(0)
+    }
+
+    /// Issuer first, leaf second used to be reported as "key does not match" on key_path.
+    #[test]
+    fn scrambled_chain_is_reported_as_chain_order_on_the_cert_file() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cert_cfg(d.path(), "");
+        let (k, leaf, ca) = issued(&["a.example"]);
+        std::fs::write(&c.key_path, &k).unwrap();
+        std::fs::write(&c.cert_path, format!("{leaf}{ca}")).unwrap();
+        assert!(matches!(
+            inspect(&c, OffsetDateTime::now_utc()),
+            OnDisk::Present(_)
+        ));
+        std::fs::write(&c.cert_path, format!("{ca}{leaf}")).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("scrambled chain accepted")
+        };
+        assert!(reason.contains("chain order is wrong"), "{reason}");
+        assert!(reason.contains("leaf"), "{reason}");
+        assert!(!reason.contains("does not match"), "{reason}");
+        assert!(
+            reason.starts_with(&c.cert_path.display().to_string()),
+            "{reason}"
+        );
+        // A genuinely foreign key is still a key mismatch on key_path.
+        let (other, _) = make(&["a.example"], 1);
+        std::fs::write(&c.cert_path, format!("{leaf}{ca}")).unwrap();
+        std::fs::write(&c.key_path, other).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("foreign key accepted")
+        };
+        assert!(
+            reason.starts_with(&c.key_path.display().to_string()) && reason.contains("does not match"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn fifo_or_directory_at_a_path_is_invalid_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cert_cfg(d.path(), "");
+        let (k, _) = make(&["a.example"], 1);
+        std::fs::write(&c.key_path, k).unwrap();
+        nix::unistd::mkfifo(&c.cert_path, nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("FIFO accepted")
+        };
+        assert!(reason.contains("is a FIFO") && reason.contains("cert.pem"), "{reason}");
+        std::fs::remove_file(&c.cert_path).unwrap();
+        std::fs::create_dir(&c.cert_path).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("directory accepted")
+        };
+        assert!(reason.contains("is a directory"), "{reason}");
+        std::fs::remove_dir(&c.cert_path).unwrap();
+        std::fs::write(&c.cert_path, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("huge file accepted")
+        };
+        assert!(reason.contains("larger than 1 MiB"), "{reason}");
+        let e = read_pem_certs(&c.cert_path).unwrap_err();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+    }
+
+    #[test]
+    fn world_readable_key_and_bundle_are_flagged() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("bundle.pem");
+        let c = cert_cfg(d.path(), &format!("bundle_path = \"{}\"", bundle.display()));
+        for (p, m) in [(&c.key_path, 0o644), (&bundle, 0o640)] {
+            std::fs::write(p, b"x").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let w = mode_warnings(&c);
+        assert_eq!(
+            w,
+            vec![
+                format!(
+                    "key_path {} is mode 0644, readable by others; expected 0600",
+                    c.key_path.display()
+                ),
+                format!(
+                    "bundle_path {} is mode 0640, readable by its group; expected 0600",
+                    bundle.display()
+                ),
+            ]
+        );
+        let modes = secret_modes(&c);
+        assert_eq!(modes[0].mode, 0o644);
+        for p in [&c.key_path, &bundle] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        assert!(mode_warnings(&c).is_empty());
+        assert!(mode_too_open(0o644, 0o600));
+        assert!(!mode_too_open(0o640, 0o640));
+        assert!(mode_too_open(0o4600, 0o600));
+    }
+
     #[test]
     fn chain_order_is_checked() {
         let (_, a) = make(&["a.example"], 1);

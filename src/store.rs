@@ -563,6 +563,132 @@ http01_listen = "127.0.0.1:1"
         assert_eq!(std::fs::read_to_string(prev).unwrap(), "CERT 1\n");
     }
 
+    fn setup() -> (tempfile::TempDir, CertConfig, StateDir) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let c = cfg(d.path());
+        let st = StateDir::create(&d.path().join("state")).unwrap();
+        (d, c, st)
+    }
+
+    fn cycle(st: &StateDir, c: &CertConfig, tag: &str) -> Result<(), StoreError> {
+        stage(st, c, &set(tag))?;
+        install(st, &c.name)?;
+        finish(st, &c.name)
+    }
+
+    /// A FIFO is not a file certkeeper wrote: never replaced or deleted, the certificate
+    /// fails with an error naming it and the path, and nothing blocks.
+    #[test]
+    fn fifo_target_is_refused_not_replaced() {
+        let (d, c, st) = setup();
+        nix::unistd::mkfifo(&c.cert_path, nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap();
+        let e = cycle(&st, &c, "1").unwrap_err();
+        assert_eq!(e.cert(), "t");
+        assert_eq!(e.path(), Some(c.cert_path.as_path()));
+        let m = e.to_string();
+        assert!(m.contains("certificate t") && m.contains("is a FIFO"), "{m}");
+        assert!(m.contains(&c.cert_path.display().to_string()), "{m}");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            std::fs::symlink_metadata(&c.cert_path)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        // Nothing else of the set was written either.
+        assert!(!c.key_path.exists());
+        // A roll-forward of a set staged before the FIFO appeared is refused the same way.
+        std::fs::remove_file(&c.cert_path).unwrap();
+        stage(&st, &c, &set("2")).unwrap();
+        std::fs::create_dir(&c.cert_path).unwrap();
+        let e = install(&st, "t").unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert!(!c.key_path.exists());
+        drop(d);
+    }
+
+    /// SIGKILL left `.bundle.pem.certkeeper-tmp.<pid>` (0600, with the key) and a full disk
+    /// left `key.pem.prev.certkeeper-tmp`; the next install removes both.
+    #[test]
+    fn install_removes_temps_a_crash_left() {
+        let (d, c, st) = setup();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let out = d.path().join("out");
+        let left = [
+            out.join(format!(".bundle.pem.certkeeper-tmp.{dead}")),
+            out.join(format!(".key.pem.certkeeper-tmp.{dead}.1234abcd")),
+            out.join("key.pem.prev.certkeeper-tmp"),
+            out.join(format!(".cert.pem.prev.certkeeper-tmp.{dead}.99")),
+        ];
+        for p in &left {
+            std::fs::write(p, b"SECRET").unwrap();
+        }
+        cycle(&st, &c, "1").unwrap();
+        for p in &left {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
+
+    /// A world-readable key on disk: the `.prev` copy gets key_mode, not 0644.
+    #[test]
+    fn prev_of_a_world_readable_key_gets_key_mode() {
+        let (_d, c, st) = setup();
+        cycle(&st, &c, "1").unwrap();
+        let bundle = c.bundle_path.clone().unwrap();
+        for p in [&c.key_path, &bundle] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        cycle(&st, &c, "2").unwrap();
+        for p in [&c.key_path, &bundle] {
+            let prev = prev_path(p);
+            assert_eq!(mode(&prev), 0o600, "{}", prev.display());
+            assert_eq!(mode(p), 0o600);
+        }
+        assert_eq!(
+            std::fs::read_to_string(prev_path(&c.key_path)).unwrap(),
+            "KEY 1\n"
+        );
+        assert_eq!(mode(&prev_path(&c.cert_path)), 0o644);
+    }
+
+    #[test]
+    fn repair_modes_writes_a_fresh_copy_with_key_mode() {
+        let (d, c, st) = setup();
+        cycle(&st, &c, "1").unwrap();
+        cycle(&st, &c, "2").unwrap();
+        let bundle = c.bundle_path.clone().unwrap();
+        let key_prev = prev_path(&c.key_path);
+        for p in [&c.key_path, &bundle, &key_prev] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        // Another name for the key's inode (e.g. a hard-linked .prev of an older version)
+        // must keep its own mode: the repair does not chmod in place.
+        let other = d.path().join("other-link");
+        std::fs::hard_link(&c.key_path, &other).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let old_ino = std::fs::metadata(&c.key_path).unwrap().ino();
+        let mut fixed = repair_modes(&st, &c).unwrap();
+        fixed.sort();
+        let mut want = vec![c.key_path.clone(), bundle.clone(), key_prev.clone()];
+        want.sort();
+        assert_eq!(fixed, want);
+        for p in [&c.key_path, &bundle, &key_prev] {
+            assert_eq!(mode(p), 0o600, "{}", p.display());
+        }
+        assert_ne!(std::fs::metadata(&c.key_path).unwrap().ino(), old_ino);
+        assert_eq!(mode(&other), 0o644);
+        assert_eq!(std::fs::read_to_string(&c.key_path).unwrap(), "KEY 2\n");
+        assert_eq!(std::fs::read_to_string(&key_prev).unwrap(), "KEY 1\n");
+        // Stricter than configured is left alone; nothing more to do.
+        std::fs::set_permissions(&c.key_path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(repair_modes(&st, &c).unwrap().is_empty());
+        assert_eq!(mode(&c.key_path), 0o400);
+    }
+
     #[test]
     fn install_without_staging_is_noop() {
         let d = tempfile::tempdir().unwrap();
