@@ -535,7 +535,8 @@ http01_listen = "127.0.0.1:1"
             panic!("foreign key accepted")
         };
         assert!(
-            reason.starts_with(&c.key_path.display().to_string()) && reason.contains("does not match"),
+            reason.starts_with(&c.key_path.display().to_string())
+                && reason.contains("does not match"),
             "{reason}"
         );
     }
@@ -546,12 +547,18 @@ http01_listen = "127.0.0.1:1"
         let c = cert_cfg(d.path(), "");
         let (k, _) = make(&["a.example"], 1);
         std::fs::write(&c.key_path, k).unwrap();
-        nix::unistd::mkfifo(&c.cert_path, nix::sys::stat::Mode::from_bits_truncate(0o644))
-            .unwrap();
+        nix::unistd::mkfifo(
+            &c.cert_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
         let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
             panic!("FIFO accepted")
         };
-        assert!(reason.contains("is a FIFO") && reason.contains("cert.pem"), "{reason}");
+        assert!(
+            reason.contains("is a FIFO") && reason.contains("cert.pem"),
+            "{reason}"
+        );
         std::fs::remove_file(&c.cert_path).unwrap();
         std::fs::create_dir(&c.cert_path).unwrap();
         let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {

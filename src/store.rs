@@ -582,13 +582,19 @@ http01_listen = "127.0.0.1:1"
     #[test]
     fn fifo_target_is_refused_not_replaced() {
         let (d, c, st) = setup();
-        nix::unistd::mkfifo(&c.cert_path, nix::sys::stat::Mode::from_bits_truncate(0o644))
-            .unwrap();
+        nix::unistd::mkfifo(
+            &c.cert_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
         let e = cycle(&st, &c, "1").unwrap_err();
         assert_eq!(e.cert(), "t");
         assert_eq!(e.path(), Some(c.cert_path.as_path()));
         let m = e.to_string();
-        assert!(m.contains("certificate t") && m.contains("is a FIFO"), "{m}");
+        assert!(
+            m.contains("certificate t") && m.contains("is a FIFO"),
+            "{m}"
+        );
         assert!(m.contains(&c.cert_path.display().to_string()), "{m}");
         use std::os::unix::fs::FileTypeExt;
         assert!(
