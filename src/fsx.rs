@@ -257,6 +257,26 @@ pub fn write_atomic(
     result
 }
 
+/// Points the symlink `link` at `target` atomically: a fresh link under a unique temp name,
+/// renamed over `link` (replacing a link, never following it), then the directory fsynced.
+/// Readers resolving `link` see the old target or the new one, never nothing.
+pub fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    let tmp = loop {
+        let tmp = temp_name(link);
+        match std::os::unix::fs::symlink(target, &tmp) {
+            Ok(()) => break tmp,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = std::fs::rename(&tmp, link).and_then(|()| fsync_dir(parent(link)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
@@ -277,7 +297,8 @@ fn pid_alive(pid: i32) -> bool {
 /// another state_dir writing the same directory) is never disturbed; pid reuse can only
 /// keep a stale temp a little longer, never remove a live one. The old pid-less `.prev`
 /// name has no owner to ask and is removed outright: only a certkeeper ever created it, and
-/// callers hold the state lock. Only regular files are removed, never what they point to.
+/// callers hold the state lock. Only regular files and symlinks are removed, never what a
+/// symlink points to.
 pub fn remove_stale_temps(dir: &Path, file_name: &str) -> std::io::Result<Vec<PathBuf>> {
     let prefix = format!(".{file_name}{TEMP_MARKER}");
     let legacy_prev = format!("{file_name}.prev.certkeeper-tmp");
@@ -306,7 +327,8 @@ pub fn remove_stale_temps(dir: &Path, file_name: &str) -> std::io::Result<Vec<Pa
             continue;
         }
         let Ok(ft) = entry.file_type() else { continue };
-        if !ft.is_file() {
+        // Temp symlinks (the `symlink` layout's) are removed as links, never followed.
+        if !ft.is_file() && !ft.is_symlink() {
             continue;
         }
         let p = entry.path();
