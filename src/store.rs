@@ -1036,7 +1036,10 @@ http01_listen = "127.0.0.1:1"
             link(c.bundle_path.as_ref().unwrap()),
             PathBuf::from(".t.live/bundle.pem")
         );
-        assert_eq!(link(&out.join(".t.live")), PathBuf::from(".certkeeper/t/v4"));
+        assert_eq!(
+            link(&out.join(".t.live")),
+            PathBuf::from(".certkeeper/t/v4")
+        );
         assert_eq!(dirs(&out.join(".certkeeper/t")), ["v3", "v4"]);
         assert_eq!(
             std::fs::read_to_string(prev_path(&c.key_path)).unwrap(),
@@ -1181,6 +1184,33 @@ http01_listen = "127.0.0.1:1"
         let (r3, m3) = pair_reader(&p2, &st2, 30, false);
         eprintln!("plain layout, reader by path: {m3} mismatches in {r3} reads");
         drop(d);
+    }
+
+    #[test]
+    fn layout_key_parses_in_defaults_and_per_cert() {
+        let d = tempfile::tempdir().unwrap();
+        let src = |defaults: &str, cert: &str| {
+            format!(
+                "state_dir = \"{d}/s\"\n[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\n[defaults]\nhttp01_listen = \"127.0.0.1:1\"\n{defaults}\n[[cert]]\nname = \"t\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/c.pem\"\nkey_path = \"{d}/k.pem\"\n{cert}\n",
+                d = d.path().display()
+            )
+        };
+        let parse =
+            |a: &str, b: &str| Config::from_str_at(&src(a, b), Path::new("t.toml"), d.path());
+        assert_eq!(parse("", "").unwrap().certs[0].layout, Layout::Plain);
+        assert_eq!(
+            parse("layout = \"symlink\"", "").unwrap().certs[0].layout,
+            Layout::Symlink
+        );
+        assert_eq!(
+            parse("layout = \"symlink\"", "layout = \"plain\"")
+                .unwrap()
+                .certs[0]
+                .layout,
+            Layout::Plain
+        );
+        let e = format!("{:?}", parse("", "layout = \"links\"").unwrap_err());
+        assert!(e.contains("layout") || e.contains("links"), "{e}");
     }
 
     #[test]

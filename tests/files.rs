@@ -119,3 +119,99 @@ fn stale_temps_are_removed_and_prev_gets_key_mode() {
         assert_eq!(mode(p), 0o600, "{}", p.display());
     }
 }
+
+/// `layout = "symlink"` against Pebble: plain files migrate to links behind `.live` even
+/// when the process dies right after the first rename (the roll-forward completes it),
+/// the old plain set stays reachable as `.prev`, and a reader opening `.live` once per
+/// pair sees no mixed key/certificate across real renewals.
+#[test]
+fn symlink_layout_migrates_rolls_forward_and_swaps_the_pair_atomically() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let body = |layout: &str| {
+        format!(
+            "{}{}",
+            env.defaults_http01(&format!("layout = \"{layout}\"")),
+            env.cert_block("sw", &["sw.example.com"], ""),
+        )
+    };
+    let cfg = env.write_config(&body("plain"));
+    let (cert, key) = env.cert_paths("sw");
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 0, "renew:\n{out}");
+    let plain_key = key_text(&key);
+
+    let cfg = env.write_config(&body("symlink"));
+    let out = env.run_env(
+        &cfg,
+        &["renew", "--force"],
+        &[("CERTKEEPER_FAULT", "install-after-first-rename")],
+    );
+    assert_eq!(out.code, 99, "the fault point must fire:\n{out}");
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 0, "roll-forward:\n{out}");
+    assert_key_matches(&cert, &key);
+    assert_ne!(key_text(&key), plain_key);
+    assert_eq!(
+        fs::read_link(&cert).unwrap(),
+        std::path::Path::new(".sw.live/fullchain.pem")
+    );
+    assert_eq!(key_text(&env.path("certs/sw.key.prev")), plain_key);
+    let row = env.status_of(&cfg, "sw");
+    assert_eq!(row["state"], "valid", "{row}");
+
+    // Real renewals under a reader that opens `.live` once per pair.
+    let live = env.path("certs/.sw.live");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut reads, mut mismatches) = (0u64, 0u64);
+    let renewals = 20;
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            // Distinct (key, cert) pairs seen, with how often: checked with openssl after.
+            let mut pairs: std::collections::HashMap<(Vec<u8>, Vec<u8>), u64> =
+                std::collections::HashMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // /proc/self/fd/N/<file> resolves relative to the directory opened once.
+                let Ok(dir) = fs::File::open(&live) else {
+                    continue;
+                };
+                use std::os::fd::AsRawFd;
+                let base = format!("/proc/self/fd/{}", dir.as_raw_fd());
+                if let (Ok(k), Ok(c)) = (
+                    fs::read(format!("{base}/key.pem")),
+                    fs::read(format!("{base}/fullchain.pem")),
+                ) {
+                    *pairs.entry((k, c)).or_default() += 1;
+                }
+            }
+            pairs
+        });
+        for i in 0..renewals {
+            let out = env.run(&cfg, &["renew", "--force"]);
+            assert_eq!(out.code, 0, "renewal {i}:\n{out}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pairs = reader.join().unwrap();
+        let (k, c) = (env.path("pair.key"), env.path("pair.pem"));
+        for ((kb, cb), n) in pairs {
+            fs::write(&k, kb).unwrap();
+            fs::write(&c, cb).unwrap();
+            reads += n;
+            if !key_matches(&c, &k) {
+                mismatches += n;
+            }
+        }
+    });
+    eprintln!(
+        "symlink layout, {renewals} real renewals: {mismatches} mismatches in {reads} reads via .live"
+    );
+    assert!(reads > 0);
+    assert_eq!(mismatches, 0);
+    assert_key_matches(&cert, &key);
+    let mut versions: Vec<String> = fs::read_dir(env.path("certs/.certkeeper/sw"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    assert_eq!(versions.len(), 2, "current and previous only: {versions:?}");
+}
