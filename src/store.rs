@@ -1074,6 +1074,32 @@ http01_listen = "127.0.0.1:1"
         assert!(stray.is_empty(), "{stray:?}");
     }
 
+    /// A key in another directory than the certificate gets an absolute link through the
+    /// same `.live`, so it still switches with the certificate.
+    #[test]
+    fn symlink_layout_key_in_another_directory() {
+        let (d, plain, st) = setup();
+        std::fs::create_dir(d.path().join("private")).unwrap();
+        let c = CertConfig {
+            layout: Layout::Symlink,
+            key_path: d.path().join("private/key.pem"),
+            ..plain
+        };
+        cycle(&st, &c, "1").unwrap();
+        cycle(&st, &c, "2").unwrap();
+        let live = d.path().join("out/.t.live");
+        assert_eq!(link(&c.key_path), live.join("key.pem"));
+        assert_eq!(std::fs::read_to_string(&c.key_path).unwrap(), "KEY 2\n");
+        assert_eq!(
+            link(&prev_path(&c.key_path)),
+            d.path().join("out/.certkeeper/t/v1/key.pem")
+        );
+        assert_eq!(
+            std::fs::read_to_string(prev_path(&c.key_path)).unwrap(),
+            "KEY 1\n"
+        );
+    }
+
     #[test]
     fn symlink_layout_migrates_plain_files_keeping_them_as_prev() {
         let (d, plain, st) = setup();
