@@ -581,7 +581,8 @@ impl Acme {
             let mut order = step!(self, "new order", self.account.new_order(&new))?;
             info!(order = %order.url(), "order created");
 
-            let mut provisioned = Provisioned::new(&cert.name, cert.hook_timeout);
+            let mut provisioned =
+                Provisioned::new(&cert.name, cert.hook_timeout).with_ca(&self.directory);
             let result = self
                 .solve_and_finalize(&mut order, cert, req.csr_der, responders, &mut provisioned)
                 .await;

@@ -37,6 +37,17 @@ pub enum ChallengeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The CA sent an HTTP-01 token that is not base64url; used as a file name or URL
+    /// segment it could point anywhere (`/etc/...`, `../`), so the order fails instead.
+    #[error(
+        "the CA {ca} sent an HTTP-01 challenge token that is not base64url (RFC 8555 8.3): {token}; refusing to use it"
+    )]
+    BadToken {
+        /// The CA's directory URL (or "(unknown)").
+        ca: String,
+        /// The token, escaped and truncated for display.
+        token: String,
+    },
     /// The DNS hook failed.
     #[error("DNS-01 hook for {record}: {source}")]
     Dns {
@@ -48,6 +59,26 @@ pub enum ChallengeError {
 }
 
 type Tokens = Arc<Mutex<HashMap<String, String>>>;
+
+/// Whether an HTTP-01 token is safe to use as a file name and URL segment: base64url only
+/// (`^[A-Za-z0-9_-]{1,256}$`), so no `/`, `.`, NUL or other path syntax can get through.
+pub fn valid_token(token: &str) -> bool {
+    (1..=256).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A hostile token for an error message: escaped, at most 64 characters.
+fn display_token(token: &str) -> String {
+    let mut shown: String = token.chars().take(64).collect::<String>();
+    let truncated = shown.len() < token.len();
+    shown = format!("{shown:?}");
+    if truncated {
+        shown.push_str(&format!(" (truncated, {} bytes)", token.len()));
+    }
+    shown
+}
 
 /// The built-in HTTP-01 responders, one per listen address, shared by all certificates and
 /// kept running for the life of the process once started.
@@ -126,6 +157,7 @@ enum Item {
 #[derive(Debug)]
 pub struct Provisioned {
     cert: String,
+    ca: Option<String>,
     timeout: Duration,
     items: Vec<Item>,
 }
@@ -135,9 +167,26 @@ impl Provisioned {
     pub fn new(cert: &str, timeout: Duration) -> Self {
         Self {
             cert: cert.to_string(),
+            ca: None,
             timeout,
             items: Vec::new(),
         }
+    }
+
+    /// Names the CA (its directory URL) in errors about what it sent.
+    pub fn with_ca(mut self, directory: &str) -> Self {
+        self.ca = Some(directory.to_string());
+        self
+    }
+
+    fn check_token(&self, token: &str) -> Result<(), ChallengeError> {
+        if valid_token(token) {
+            return Ok(());
+        }
+        Err(ChallengeError::BadToken {
+            ca: self.ca.clone().unwrap_or_else(|| "(unknown)".into()),
+            token: display_token(token),
+        })
     }
 
     /// Publishes one challenge response using the certificate's configured method.
@@ -149,6 +198,7 @@ impl Provisioned {
     ) -> Result<(), ChallengeError> {
         match how {
             Challenge::Http01Listen(addr) => {
+                self.check_token(&spec.token)?;
                 let tokens = responders.get(*addr).await?;
                 tokens
                     .lock()
@@ -160,16 +210,14 @@ impl Provisioned {
                 });
             }
             Challenge::Http01Webroot(root) => {
+                self.check_token(&spec.token)?;
                 let dir = root.join(".well-known/acme-challenge");
                 let path = dir.join(&spec.token);
+                // write_atomic renames a fresh O_EXCL temp over the path: a symlink planted
+                // at the token's name is replaced, never followed.
                 let write = || -> std::io::Result<()> {
                     std::fs::create_dir_all(&dir)?;
-                    crate::store::write_atomic(
-                        &path,
-                        spec.key_authorization.as_bytes(),
-                        0o644,
-                        None,
-                    )
+                    crate::fsx::write_atomic(&path, spec.key_authorization.as_bytes(), 0o644, None)
                 };
                 write().map_err(|source| ChallengeError::Webroot {
                     path: path.clone(),
@@ -280,6 +328,88 @@ mod tests {
             // dropped without cleanup(): an error path
         }
         assert!(!path.exists());
+    }
+
+    /// The hostile-CA report: token `/tmp/x/victim.txt` with a webroot overwrote, then
+    /// deleted, that file. Now the order fails naming the CA and the token.
+    #[tokio::test]
+    async fn path_like_token_is_refused_and_the_victim_file_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim.txt");
+        std::fs::write(&victim, b"precious").unwrap();
+        let webroot = d.path().join("www");
+        std::fs::create_dir(&webroot).unwrap();
+        let how = Challenge::Http01Webroot(webroot.clone());
+        for token in [
+            victim.display().to_string(),
+            "../../victim.txt".to_string(),
+            "..".to_string(),
+            String::new(),
+            "a".repeat(257),
+            "tok\0en".to_string(),
+        ] {
+            let mut p =
+                Provisioned::new("t", Duration::from_secs(5)).with_ca("https://evil.example/dir");
+            let spec = ChallengeSpec {
+                token: token.clone(),
+                ..spec()
+            };
+            let e = p
+                .present(&how, &Responders::default(), &spec)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("https://evil.example/dir") && e.contains("not base64url"),
+                "{e}"
+            );
+            assert!(e.len() < 400, "token not truncated: {e}");
+            p.cleanup().await;
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        }
+        // The built-in responder refuses it too.
+        let mut p = Provisioned::new("t", Duration::from_secs(5));
+        let spec = ChallengeSpec {
+            token: "a/b".into(),
+            ..spec()
+        };
+        let e = p
+            .present(
+                &Challenge::Http01Listen("127.0.0.1:1".parse().unwrap()),
+                &Responders::default(),
+                &spec,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ChallengeError::BadToken { .. }), "{e}");
+        assert!(valid_token("AbC-_09"));
+        assert!(valid_token(&"a".repeat(256)));
+    }
+
+    /// A symlink planted at the token's path (by someone with write access to the webroot)
+    /// must not redirect the write, nor the cleanup, to the file it points at.
+    #[tokio::test]
+    async fn planted_symlink_at_token_path_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside.txt");
+        std::fs::write(&outside, b"precious").unwrap();
+        let webroot = d.path().join("www");
+        let dir = webroot.join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("tok123")).unwrap();
+        let how = Challenge::Http01Webroot(webroot);
+        let mut p = Provisioned::new("t", Duration::from_secs(5));
+        p.present(&how, &Responders::default(), &spec())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tok123")).unwrap(),
+            "tok123.thumb"
+        );
+        p.cleanup().await;
+        assert!(!dir.join("tok123").exists());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
     }
 
     #[tokio::test]

@@ -346,8 +346,21 @@ macro_rules! cert_options {
             group: Option<Spanned<String>>,
             profile: Option<Spanned<String>>,
             reload_signal: Option<Spanned<RawReloadSignal>>,
+            layout: Option<Spanned<Layout>>,
         }
     };
+}
+
+/// How installed files are laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Each path is a regular file, replaced one by one (key first).
+    #[default]
+    Plain,
+    /// Each path is a symlink through one `.<name>.live` link to a versioned directory, so
+    /// one rename switches key and certificate together.
+    Symlink,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -503,6 +516,8 @@ pub struct CertConfig {
     pub profile: Option<String>,
     /// Signal a pidfile's process after hooks (daemon/sidecar setups).
     pub reload_signal: Option<ReloadSignal>,
+    /// Plain files or versioned directories behind one symlink (`layout`).
+    pub layout: Layout,
     /// Where each key of this certificate was written, for pointing errors at lines.
     pub locs: BTreeMap<String, Loc>,
 }
@@ -1050,6 +1065,7 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
                 ),
             );
         }
+        let layout = pick!(layout).map(|v| *v.get_ref()).unwrap_or_default();
         let owner = pick!(owner).map(|v| v.get_ref().clone());
         let group = pick!(group).map(|v| v.get_ref().clone());
         let profile = pick!(profile).map(|v| v.get_ref().clone());
@@ -1191,6 +1207,7 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
             group,
             profile,
             reload_signal,
+            layout,
             locs: clocs,
         });
     }

@@ -67,8 +67,11 @@ impl OnDisk {
 }
 
 /// Reads every certificate in a PEM file, with an error that names the file.
+/// Bounded and regular files only, so a FIFO or a huge file given as `ca_bundle` fails
+/// with a message instead of hanging.
 pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let data =
+        crate::fsx::read_regular(path, crate::fsx::PEM_LIMIT, true).map_err(|e| e.to_string())?;
     parse_pem_certs(&data).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -141,7 +144,7 @@ fn check_chain_order(chain: &[CertificateDer<'_>]) -> Result<(), String> {
     for (i, pair) in parsed.windows(2).enumerate() {
         if pair[0].issuer() != pair[1].subject() {
             return Err(format!(
-                "chain out of order: certificate {} is issued by \"{}\" but certificate {} is \"{}\"",
+                "chain order is wrong (issuer mismatch): certificate {} is issued by \"{}\" but certificate {} is \"{}\"",
                 i + 1,
                 pair[0].issuer(),
                 i + 2,
@@ -181,6 +184,22 @@ fn verify_contents(
     let (_, leaf) = X509Certificate::from_der(&info.leaf_der)
         .map_err(|e| fail(format!("leaf does not parse: {e}"), false))?;
     if leaf.public_key().subject_public_key.data.as_ref() != key_pub.as_slice() {
+        // A scrambled chain puts an issuer first; saying "key does not match" would send
+        // the operator after the wrong file.
+        if let Some(i) = chain.iter().skip(1).position(|c| {
+            X509Certificate::from_der(c.as_ref()).is_ok_and(|(_, x)| {
+                x.public_key().subject_public_key.data.as_ref() == key_pub.as_slice()
+            })
+        }) {
+            return Err(fail(
+                format!(
+                    "chain order is wrong: the leaf (the certificate matching the key) is certificate {} of the file, it must come first",
+                    i + 2
+                ),
+                false,
+            ));
+        }
+        check_chain_order(&chain).map_err(|e| fail(e, false))?;
         return Err(fail(
             "the private key does not match the certificate's public key".into(),
             true,
@@ -232,13 +251,13 @@ pub fn verify_set(
 /// Reads a certificate's installed files and classifies them. Expiry is not "invalid" here:
 /// an expired but otherwise intact set is `Present`, and the policy reports it as expired.
 pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
-    let read = |p: &Path| match std::fs::read(p) {
+    // Bounded, regular files only (symlinks followed: certbot live/, Kubernetes ..data), so
+    // a FIFO or device at a path is reported instead of hanging the run.
+    let read = |p: &Path| match crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true) {
         Ok(d) => Ok(d),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(OnDisk::Missing(format!("{} does not exist", p.display())))
-        }
+        Err(e) if e.is_not_found() => Err(OnDisk::Missing(e.to_string())),
         Err(e) => Err(OnDisk::Invalid {
-            reason: format!("cannot read {}: {e}", p.display()),
+            reason: e.to_string(),
             info: None,
         }),
     };
@@ -268,6 +287,80 @@ pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
             invalid(file, reason, info)
         }
     }
+}
+
+/// Whether `mode` grants anything `expected` does not (e.g. 0644 for a 0600 key). A
+/// stricter mode (0400) is fine.
+pub fn mode_too_open(mode: u32, expected: u32) -> bool {
+    mode & 0o7777 & !expected != 0
+}
+
+/// The mode of a file holding the private key, as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMode {
+    /// The config key naming the file: `key_path` or `bundle_path`.
+    pub setting: &'static str,
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Its permission bits (symlinks followed).
+    pub mode: u32,
+    /// The configured `key_mode`.
+    pub expected: u32,
+}
+
+impl SecretMode {
+    /// A warning for `status`/`check` when the file is more open than configured: a
+    /// world-readable key is a leaked key, and certkeeper did not necessarily write it.
+    pub fn warning(&self) -> Option<String> {
+        if !mode_too_open(self.mode, self.expected) {
+            return None;
+        }
+        let who = if self.mode & 0o004 != 0 {
+            "readable by others"
+        } else if self.mode & 0o040 != 0 {
+            "readable by its group"
+        } else {
+            "more open than configured"
+        };
+        Some(format!(
+            "{} {} is mode {:04o}, {who}; expected {:04o}",
+            self.setting,
+            self.path.display(),
+            self.mode & 0o7777,
+            self.expected
+        ))
+    }
+}
+
+/// The modes of the key and bundle files that exist (a missing file is reported by
+/// [`inspect`], not here).
+pub fn secret_modes(cert: &CertConfig) -> Vec<SecretMode> {
+    use std::os::unix::fs::PermissionsExt;
+    let files = [
+        ("key_path", Some(&cert.key_path)),
+        ("bundle_path", cert.bundle_path.as_ref()),
+    ];
+    files
+        .into_iter()
+        .filter_map(|(setting, p)| {
+            let p = p?;
+            let m = std::fs::metadata(p).ok()?;
+            Some(SecretMode {
+                setting,
+                path: p.clone(),
+                mode: m.permissions().mode() & 0o7777,
+                expected: cert.key_mode,
+            })
+        })
+        .collect()
+}
+
+/// Warnings for key/bundle files more open than `key_mode`, for `status` and `check`.
+pub fn mode_warnings(cert: &CertConfig) -> Vec<String> {
+    secret_modes(cert)
+        .iter()
+        .filter_map(SecretMode::warning)
+        .collect()
 }
 
 #[cfg(test)]
@@ -369,6 +462,154 @@ mod tests {
         );
     }
 
+    /// A CA and a leaf it issued, as (leaf key PEM, leaf PEM, CA PEM).
+    fn issued(names: &[&str]) -> (String, String, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        cp.distinguished_name = rcgen::DistinguishedName::new();
+        cp.distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca = cp.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(cp, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].to_string());
+        let leaf = p.signed_by(&key, &issuer).unwrap();
+        (key.serialize_pem(), leaf.pem(), ca.pem())
+    }
+
+    fn cert_cfg(dir: &Path, extra: &str) -> CertConfig {
+        let src = format!(
+            r#"
+state_dir = "{d}/state"
+[acme]
+directory = "https://127.0.0.1:1/dir"
+[[cert]]
+name = "t"
+domains = ["a.example"]
+cert_path = "{d}/cert.pem"
+key_path = "{d}/key.pem"
+http01_listen = "127.0.0.1:1"
+{extra}
+"#,
+            d = dir.display()
+        );
+        crate::config::Config::from_str_at(&src, Path::new("t.toml"), dir)
+            .unwrap()
+            .certs
+            .remove(0)
+    }
+
+    /// Issuer first, leaf second used to be reported as "key does not match" on key_path.
+    #[test]
+    fn scrambled_chain_is_reported_as_chain_order_on_the_cert_file() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cert_cfg(d.path(), "");
+        let (k, leaf, ca) = issued(&["a.example"]);
+        std::fs::write(&c.key_path, &k).unwrap();
+        std::fs::write(&c.cert_path, format!("{leaf}{ca}")).unwrap();
+        assert!(matches!(
+            inspect(&c, OffsetDateTime::now_utc()),
+            OnDisk::Present(_)
+        ));
+        std::fs::write(&c.cert_path, format!("{ca}{leaf}")).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("scrambled chain accepted")
+        };
+        assert!(reason.contains("chain order is wrong"), "{reason}");
+        assert!(reason.contains("leaf"), "{reason}");
+        assert!(!reason.contains("does not match"), "{reason}");
+        assert!(
+            reason.starts_with(&c.cert_path.display().to_string()),
+            "{reason}"
+        );
+        // A genuinely foreign key is still a key mismatch on key_path.
+        let (other, _) = make(&["a.example"], 1);
+        std::fs::write(&c.cert_path, format!("{leaf}{ca}")).unwrap();
+        std::fs::write(&c.key_path, other).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("foreign key accepted")
+        };
+        assert!(
+            reason.starts_with(&c.key_path.display().to_string())
+                && reason.contains("does not match"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn fifo_or_directory_at_a_path_is_invalid_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cert_cfg(d.path(), "");
+        let (k, _) = make(&["a.example"], 1);
+        std::fs::write(&c.key_path, k).unwrap();
+        nix::unistd::mkfifo(
+            &c.cert_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("FIFO accepted")
+        };
+        assert!(
+            reason.contains("is a FIFO") && reason.contains("cert.pem"),
+            "{reason}"
+        );
+        std::fs::remove_file(&c.cert_path).unwrap();
+        std::fs::create_dir(&c.cert_path).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("directory accepted")
+        };
+        assert!(reason.contains("is a directory"), "{reason}");
+        std::fs::remove_dir(&c.cert_path).unwrap();
+        std::fs::write(&c.cert_path, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+            panic!("huge file accepted")
+        };
+        assert!(reason.contains("larger than 1 MiB"), "{reason}");
+        let e = read_pem_certs(&c.cert_path).unwrap_err();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+    }
+
+    #[test]
+    fn world_readable_key_and_bundle_are_flagged() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("bundle.pem");
+        let c = cert_cfg(d.path(), &format!("bundle_path = \"{}\"", bundle.display()));
+        for (p, m) in [(&c.key_path, 0o644), (&bundle, 0o640)] {
+            std::fs::write(p, b"x").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let w = mode_warnings(&c);
+        assert_eq!(
+            w,
+            vec![
+                format!(
+                    "key_path {} is mode 0644, readable by others; expected 0600",
+                    c.key_path.display()
+                ),
+                format!(
+                    "bundle_path {} is mode 0640, readable by its group; expected 0600",
+                    bundle.display()
+                ),
+            ]
+        );
+        let modes = secret_modes(&c);
+        assert_eq!(modes[0].mode, 0o644);
+        for p in [&c.key_path, &bundle] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        assert!(mode_warnings(&c).is_empty());
+        assert!(mode_too_open(0o644, 0o600));
+        assert!(!mode_too_open(0o640, 0o640));
+        assert!(mode_too_open(0o4600, 0o600));
+    }
+
     #[test]
     fn chain_order_is_checked() {
         let (_, a) = make(&["a.example"], 1);
@@ -377,7 +618,7 @@ mod tests {
         assert!(
             check_chain_order(&chain)
                 .unwrap_err()
-                .contains("out of order")
+                .contains("chain order is wrong")
         );
         assert!(check_chain_order(&chain[..1]).is_ok());
     }

@@ -10,6 +10,7 @@
 //! - [`acme`]: the only module that uses instant-acme: account, ARI, order flow.
 //! - [`challenge`]: HTTP-01 responder and webroot, DNS-01 hook; cleanup on every path.
 //! - [`keys`]: new private keys and CSRs (rcgen).
+//! - [`fsx`]: bounded reads of regular files only, atomic writes, stale temp cleanup.
 //! - [`store`]: staging, crash-safe install, roll-forward, `.prev` backups, file modes.
 //! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
 //! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fault;
+pub mod fsx;
 pub mod hooks;
 pub mod inventory;
 pub mod keys;

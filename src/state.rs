@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::fsx::write_atomic;
 use crate::policy::AriWindow;
-use crate::store::write_atomic;
 
 /// What a previous run learned about one certificate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -194,13 +194,18 @@ impl StateDir {
         &self,
         path: &Path,
     ) -> Result<T, StateError> {
-        match std::fs::read(path) {
+        // Bounded and regular files only: a FIFO planted here must not hang a run.
+        match crate::fsx::read_regular(path, crate::fsx::STATE_LIMIT, false) {
             Ok(d) => serde_json::from_slice(&d).map_err(|e| StateError::Corrupt {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(io(path)(e)),
+            Err(e) if e.is_not_found() => Ok(T::default()),
+            Err(crate::fsx::ReadError::Io { source, .. }) => Err(io(path)(source)),
+            Err(e) => Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
         }
     }
 
