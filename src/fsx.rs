@@ -212,6 +212,20 @@ pub fn write_atomic(
     mode: u32,
     owner: Option<(Option<u32>, Option<u32>)>,
 ) -> std::io::Result<()> {
+    write_atomic_then(path, data, mode, owner, || Ok(()))
+}
+
+/// [`write_atomic`], running `before_rename` once the new content is safely on disk and
+/// just before it replaces `path`. The store keeps the old file as `.prev` there: if the
+/// new content cannot be written (a full disk), neither the file nor its `.prev` changes.
+/// An error from `before_rename` abandons the write.
+pub fn write_atomic_then(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(Option<u32>, Option<u32>)>,
+    before_rename: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = parent(path);
     let (tmp, mut f) = {
         let mut tries = 0;
@@ -248,6 +262,7 @@ pub fn write_atomic(
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
         drop(f);
+        before_rename()?;
         std::fs::rename(&tmp, path)?;
         fsync_dir(dir)
     })();

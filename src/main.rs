@@ -92,6 +92,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for p in &problems {
                 println!("{p}");
             }
+            // Warnings, not errors: `renew` repairs these through the store.
+            for c in &cfg.certs {
+                for w in certkeeper::inventory::mode_warnings(c) {
+                    println!("warning: certificate {}: {w} (renew repairs it)", c.name);
+                }
+            }
             if problems.is_empty() {
                 println!(
                     "{}: OK ({} certificate(s), CA {})",
@@ -115,6 +121,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", renew::status_table(&rows));
+                for r in &rows {
+                    for w in &r.warnings {
+                        println!("warning: {}: {w}", r.name);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -698,6 +698,7 @@ impl Runner {
             Err(e) => return failed(cert, e.to_string(), now + policy::backoff_delay(1)),
         };
         let (disk, fingerprint) = read_disk(cert, now).await;
+        self.repair_modes(cert).await;
         if let OnDisk::Invalid { reason, .. } = &disk {
             warn!("installed files are not usable: {reason}");
         }
@@ -735,6 +736,33 @@ impl Runner {
             return failed(cert, e.to_string(), now + policy::backoff_delay(1));
         }
         result
+    }
+
+    /// A key or bundle readable by others is rewritten with `key_mode` (a fresh copy
+    /// through the store, so another name sharing the inode is not changed behind its
+    /// owner's back). Failures are logged: the files still work, the next pass tries again.
+    async fn repair_modes(&self, cert: &CertConfig) {
+        let (state, c) = (self.state.clone(), cert.clone());
+        let fixed = tokio::task::spawn_blocking(move || {
+            if inventory::mode_warnings(&c).is_empty() {
+                return Ok(Vec::new());
+            }
+            store::repair_modes(&state, &c)
+        })
+        .await;
+        match fixed {
+            Ok(Ok(paths)) => {
+                for p in paths {
+                    warn!(
+                        "{} was readable by others; rewritten with mode {:04o}",
+                        p.display(),
+                        cert.key_mode
+                    );
+                }
+            }
+            Ok(Err(e)) => error!("cannot repair the mode of a private key file: {e}"),
+            Err(e) => error!("cannot repair the mode of a private key file: {e}"),
+        }
     }
 
     /// Not due: nothing to order, but reload hooks still owed for the installed set run.
@@ -794,6 +822,15 @@ impl Runner {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
+        // A FIFO or directory where a file must go would make the install fail after the
+        // CA issued: check first and spend no order on it.
+        if let Err(e) = store::preflight(cert) {
+            let msg = format!("not ordering: {e}");
+            error!("{msg}");
+            rec.last_error = Some(msg.clone());
+            rec.last_outcome = Some("failed".into());
+            return failed(cert, msg, now + policy::backoff_delay(rec.failures.max(1)));
+        }
         let reservation = match Reservation::take(&self.state, &cert.name, rec) {
             Ok(r) => r,
             Err(e) => {
@@ -1243,6 +1280,8 @@ pub struct StatusRow {
     pub ari_window: Option<[String; 2]>,
     /// When the ARI window will be fetched again.
     pub ari_next_poll: Option<String>,
+    /// Problems with the files that do not stop renewal, e.g. a key readable by others.
+    pub warnings: Vec<String>,
     /// Unix timestamps of the above, for metrics.
     #[serde(skip)]
     pub times: RowTimes,
@@ -1296,6 +1335,7 @@ pub fn status(cfg: &Config, now: OffsetDateTime) -> Vec<StatusRow> {
                 hook_failures: rec.hook_failures,
                 ari_window,
                 ari_next_poll: rec.ari_next_poll.map(rfc3339),
+                warnings: inventory::mode_warnings(cert),
                 times: RowTimes {
                     not_after: info.map(|i| i.not_after.unix_timestamp()),
                     renew_at: d.renew_at.unix_timestamp(),

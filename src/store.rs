@@ -391,12 +391,10 @@ pub fn has_staged(state: &StateDir, name: &str) -> bool {
     manifest_path(state, name).exists()
 }
 
-/// Debug builds only: die abruptly at a named point, so tests can prove roll-forward.
+/// Debug builds only: die abruptly at a named point, so tests can prove roll-forward
+/// (see [`crate::fault`]).
 fn fault_point(name: &str) {
-    if cfg!(debug_assertions) && std::env::var("CERTKEEPER_FAULT").as_deref() == Ok(name) {
-        eprintln!("certkeeper: CERTKEEPER_FAULT={name}: exiting abruptly");
-        std::process::exit(99);
-    }
+    crate::fault::point(name);
 }
 
 /// Installs the staged set into place (see the module docs). Returns false if nothing
@@ -442,8 +440,20 @@ pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
             Err(err) if err.is_not_found() => {}
             Err(err) => return Err(read_err(name, err)),
         }
-        keep_previous(name, &e.target, e.mode, owner)?;
-        write_atomic(&e.target, &data, e.mode, Some(owner)).map_err(io(name, &e.target))?;
+        // The new content is written and fsynced first; only then is the old file kept
+        // as `.prev` and replaced, so a failed write (a full disk) changes neither.
+        let mut prev_err = None;
+        fsx::write_atomic_then(&e.target, &data, e.mode, Some(owner), || {
+            keep_previous(name, &e.target, e.mode, owner).map_err(|err| {
+                let io_err = std::io::Error::other(err.to_string());
+                prev_err = Some(err);
+                io_err
+            })?;
+            fault_point("install-prev");
+            Ok(())
+        })
+        .map_err(|err| prev_err.take().unwrap_or_else(|| io(name, &e.target)(err)))?;
+        fault_point("install-rename");
         renamed += 1;
         if renamed == 1 {
             fault_point("install-after-first-rename");

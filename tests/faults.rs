@@ -557,3 +557,35 @@ fn planted_symlinks_never_redirect_a_write() {
     }
     assert_key_matches(&fcert, &fkey);
 }
+
+/// Defect 9: a key already on disk with mode 0644 is flagged by `check` and
+/// `status`, and the next `renew` (nothing due) rewrites it with `key_mode`.
+#[test]
+fn world_readable_key_is_flagged_and_repaired() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let cfg = two_certs(&env, "");
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 0, "{out}");
+    let (fcert, fkey) = env.cert_paths("f");
+    let key0 = read(&fkey);
+    fs::set_permissions(&fkey, fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = env.run(&cfg, &["check"]);
+    assert!(
+        out.stdout.contains("readable by others") && out.stdout.contains("f.key"),
+        "check does not warn:\n{out}"
+    );
+    let f = env.status_of(&cfg, "f");
+    assert!(
+        f["warnings"].to_string().contains("readable by others"),
+        "status does not warn: {f}"
+    );
+    let out = env.run(&cfg, &["renew"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(mode(&fkey), 0o600, "the key mode was not repaired");
+    assert_eq!(read(&fkey), key0, "the key itself must not change");
+    assert_key_matches(&fcert, &fkey);
+    let f = env.status_of(&cfg, "f");
+    assert_eq!(f["warnings"], serde_json::json!([]), "{f}");
+}
