@@ -645,7 +645,11 @@ impl Runner {
         disk: &OnDisk,
         rec: &mut CertRecord,
     ) -> Result<CertInfo, Failure> {
-        let acme = self.acme().await?;
+        // A CA that asked us to wait (stored by `acme`) sets the next attempt.
+        let acme = self.acme().await.map_err(|message| Failure {
+            message,
+            retry_after: crate::acme::ca_hold(&self.state, &self.cfg.acme.directory),
+        })?;
         let key = keys::generate(cert.key_type)?;
         let csr = keys::csr_der(&key, &cert.domains)?;
         let mut ca = self
