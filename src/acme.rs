@@ -144,6 +144,21 @@ pub enum AcmeError {
         /// `until`, RFC 3339.
         until_text: String,
     },
+    /// The CA handed out a challenge token that is not the base64url string RFC 8555
+    /// requires (e.g. a path such as `../../x`): nothing is published for it.
+    #[error(
+        "the CA {directory} handed out an unusable challenge for {identifier} ({url}): token {token:?} is not base64url (RFC 8555 section 8.1); refusing to publish it"
+    )]
+    BadChallenge {
+        /// The directory URL.
+        directory: String,
+        /// The name being validated.
+        identifier: String,
+        /// The challenge URL.
+        url: String,
+        /// The token, shortened.
+        token: String,
+    },
     /// The CA does not offer a feature we asked for.
     #[error("{step}: the CA does not support {what}")]
     Unsupported {
@@ -215,6 +230,7 @@ impl AcmeError {
             Self::Transport { .. } | Self::Timeout { .. } | Self::Deferred { .. } => true,
             Self::BadResponse { .. }
             | Self::UntrustedCa { .. }
+            | Self::BadChallenge { .. }
             | Self::Unsupported { .. }
             | Self::ReplacesIgnored { .. }
             | Self::Validation(_)
@@ -263,6 +279,7 @@ impl AcmeError {
             | Self::ReplacesIgnored { step, .. }
             | Self::Other { step, .. } => step,
             Self::Deferred { .. } => "deferred",
+            Self::BadChallenge { .. } => "fetch authorization",
             Self::Validation(_) | Self::Challenge(_) => "validation",
         }
     }
@@ -671,16 +688,24 @@ async fn after_failure(ca: &Ca, err: AcmeError, a: &mut Attempts) -> Next {
 }
 
 /// The TLS verdict inside a connection error, if the failure was the CA's certificate.
+/// The rustls error sits inside nested `io::Error`s, whose `source()` skips the payload.
 fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur = Some(e);
     while let Some(c) = cur {
-        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
-            c.downcast_ref::<std::io::Error>()
+        let mut node: &(dyn std::error::Error + 'static) = c;
+        loop {
+            if let Some(t @ rustls::Error::InvalidCertificate(_)) =
+                node.downcast_ref::<rustls::Error>()
+            {
+                return Some(t.to_string());
+            }
+            match node
+                .downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-        });
-        if let Some(t @ rustls::Error::InvalidCertificate(_)) = tls {
-            return Some(t.to_string());
+            {
+                Some(inner) => node = inner,
+                None => break,
+            }
         }
         cur = c.source();
     }
@@ -815,6 +840,13 @@ fn classify(ca: &Ca, step: &'static str, e: AcmeLibError) -> AcmeError {
             message: other.to_string(),
         },
     }
+}
+
+/// RFC 8555 section 8.1: a token is base64url (and so can never name a path).
+fn is_token(t: &str) -> bool {
+    (1..=512).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -1136,6 +1168,14 @@ impl Acme {
                 })?;
                 if readied.contains(&challenge.url) {
                     continue;
+                }
+                if !is_token(&challenge.token) {
+                    return Err(AcmeError::BadChallenge {
+                        directory: self.ca.directory.clone(),
+                        identifier: ident,
+                        url: challenge.url.clone(),
+                        token: challenge.token.chars().take(EXCERPT_CHARS).collect(),
+                    });
                 }
                 let ka = challenge.key_authorization();
                 let spec = ChallengeSpec {
@@ -1476,6 +1516,22 @@ mod tests {
             Next::Fail(_)
         ));
         assert!(ca_hold(&ca2.state, &ca2.directory).is_none());
+    }
+
+    #[test]
+    fn tokens_must_be_base64url() {
+        assert!(is_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        for bad in [
+            "",
+            "../../x",
+            "/tmp/x/victim.txt",
+            "a.b",
+            "a b",
+            "a%2F..",
+            &"a".repeat(513),
+        ] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
     }
 
     #[test]
