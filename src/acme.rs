@@ -1218,11 +1218,19 @@ impl Acme {
             ));
         }
         step!(self, "finalize", order.finalize_csr(csr_der))?;
-        let chain = step!(
-            self,
-            "download certificate",
-            order.poll_certificate(&policy)
-        )?;
+        // `certificate()` polls only while the order is processing and keeps the valid
+        // state it saw, so a badNonce on the download repeats just that request (with
+        // `poll_certificate` every retry needed two POSTs to pass the nonce check).
+        let mut delay = Duration::from_millis(100);
+        let chain = loop {
+            match step!(self, "download certificate", order.certificate())? {
+                Some(chain) => break chain,
+                None => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 3 / 2).min(Duration::from_secs(5));
+                }
+            }
+        };
         info!("certificate issued");
         Ok(chain)
     }

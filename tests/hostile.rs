@@ -532,8 +532,15 @@ fn nonce_storm(percent: u32) {
     let took = start.elapsed();
     let requests = out.stderr.matches("ACME request").count();
     let nonce_retries = out.stderr.matches("badNonce, retrying the step").count();
+    let most = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("badNonce, retrying the step"))
+        .filter_map(|l| l.rsplit("attempt=").next()?.trim().parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
     eprintln!(
-        "figures: badNonce {percent}%: 20 certificates in {:.1}s, {requests} requests, {nonce_retries} step retries",
+        "figures: badNonce {percent}%: 20 certificates in {:.1}s, {requests} requests, {nonce_retries} step retries, at most {most} for one step",
         took.as_secs_f64()
     );
     let failed: Vec<_> = env
