@@ -41,7 +41,7 @@ use crate::state::StateDir;
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
     /// The CA answered with an RFC 7807 problem document.
-    #[error("{step}: the CA said: {detail} ({kind}){subs}{}", bracket(origin))]
+    #[error("{step}: the CA said: {detail} ({kind}){context}")]
     Problem {
         /// Which step of the flow.
         step: &'static str,
@@ -49,14 +49,12 @@ pub enum AcmeError {
         kind: String,
         /// The human detail.
         detail: String,
-        /// Subproblems, pre-formatted.
-        subs: String,
+        /// Subproblems and which request got the answer, pre-formatted.
+        context: String,
         /// When the CA asked us to come back.
         retry_after: Option<OffsetDateTime>,
         /// The HTTP status of the answer, when known.
         status: Option<u16>,
-        /// Which request got this answer (`HTTP 500 to GET <url>`), or empty.
-        origin: String,
     },
     /// The CA answered an HTTP error without a usable problem document.
     #[error(
@@ -739,10 +737,9 @@ fn classify(ca: &Ca, step: &'static str, e: AcmeLibError) -> AcmeError {
         step,
         kind: p.r#type.clone().unwrap_or_else(|| "no problem type".into()),
         detail: p.detail.clone().unwrap_or_else(|| "no detail".into()),
-        subs: format_subproblems(p),
+        context: format!("{}{}", format_subproblems(p), bracket(&origin)),
         retry_after,
         status: status.map(|s| s.as_u16()).or(p.status),
-        origin: origin.clone(),
     };
     // The answer did not parse or lacked something: say what the CA actually sent.
     let unexpected = |message: String| match &last {
@@ -1266,10 +1263,9 @@ mod tests {
             step: "new order",
             kind: format!("urn:ietf:params:acme:error:{kind}"),
             detail: "d".into(),
-            subs: String::new(),
+            context: String::new(),
             retry_after: None,
             status: Some(400),
-            origin: String::new(),
         }
     }
 
@@ -1514,10 +1510,9 @@ mod tests {
             step: "new order",
             kind: "urn:ietf:params:acme:error:rateLimited".into(),
             detail: "too many certificates for this name".into(),
-            subs: String::new(),
+            context: String::new(),
             retry_after: Some(OffsetDateTime::now_utc() + time::Duration::hours(1)),
             status: Some(429),
-            origin: String::new(),
         };
         assert!(matches!(
             after_failure(&ca2, err, &mut Attempts::default()).await,

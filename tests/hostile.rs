@@ -449,7 +449,7 @@ fn pebble_stopped_mid_order() {
         took.as_secs_f64()
     );
     assert!(
-        err.contains("timed out after 2s") && err.contains("challenge ready"),
+        err.contains("timed out after 2s") && err.contains("acme.request_timeout"),
         "{err}"
     );
     assert!(rfc3339(&st["next_attempt"], "next_attempt") > now());

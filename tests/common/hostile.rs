@@ -235,7 +235,8 @@ async fn connection(sh: Arc<Shared>, stream: TcpStream) {
     let Ok(mut tls) = sh.acceptor.accept(stream).await else {
         return;
     };
-    while let Some(req) = read_request(&mut tls).await {
+    // One request per connection: every answer says `Connection: close`.
+    if let Some(req) = read_request(&mut tls).await {
         sh.requests.fetch_add(1, Ordering::SeqCst);
         let (mode, only) = mode_of(&sh);
         let faulty = only.as_deref().is_none_or(|p| req.path.contains(p));
@@ -294,7 +295,6 @@ async fn connection(sh: Arc<Shared>, stream: TcpStream) {
         }
         let _ = tls.write_all(&out).await;
         let _ = tls.shutdown().await;
-        return;
     }
 }
 
