@@ -374,6 +374,7 @@ enum Fault {
     TooLarge {
         method: Method,
         url: String,
+        status: StatusCode,
         limit: usize,
     },
     #[error("reading the answer to {method} {url} failed: {message}")]
@@ -436,6 +437,7 @@ impl HttpClient for Http {
                         return Err(AcmeLibError::Other(Box::new(Fault::TooLarge {
                             method: method.clone(),
                             url: url.clone(),
+                            status: parts.status,
                             limit: MAX_RESPONSE_BYTES,
                         })));
                     }
@@ -790,11 +792,16 @@ fn classify(ca: &Ca, step: &'static str, e: AcmeLibError) -> AcmeError {
                         what: f.to_string(),
                         after: *after,
                     },
-                    Fault::TooLarge { method, url, .. } => AcmeError::BadResponse {
+                    Fault::TooLarge {
+                        method,
+                        url,
+                        status,
+                        ..
+                    } => AcmeError::BadResponse {
                         step,
                         method: method.to_string(),
                         url: url.clone(),
-                        status: status.map_or(0, |s| s.as_u16()),
+                        status: status.as_u16(),
                         message: f.to_string(),
                         excerpt: String::new(),
                     },

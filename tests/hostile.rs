@@ -215,6 +215,19 @@ fn garbage_instead_of_json() {
     s.recovers();
 }
 
+/// A directory answer larger than the 4 MiB read limit: cut off and reported, not held.
+#[test]
+fn oversized_answer() {
+    let s = scenario(Mode::Answer {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: format!("{{\"newNonce\": \"{}\"}}", "x".repeat(5 << 20)),
+    });
+    s.fails(2, &["fetch directory", "larger than 4194304 bytes", "/dir"]);
+    s.backs_off();
+    s.recovers();
+}
+
 /// `rateLimited` with Retry-After: 7200 at the directory: honoured across runs, even by
 /// `--force`, until the time has passed.
 #[test]
