@@ -434,6 +434,8 @@ struct RawAcme {
     ca_bundle: Option<Spanned<PathBuf>>,
     eab_kid: Option<Spanned<String>>,
     eab_hmac_key: Option<Spanned<Secret>>,
+    request_timeout: Option<Spanned<Parsed<HumanDuration>>>,
+    order_timeout: Option<Spanned<Parsed<HumanDuration>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,7 +470,17 @@ pub struct AcmeConfig {
     pub ca_bundle: Option<PathBuf>,
     /// External Account Binding, if the CA requires it.
     pub eab: Option<Eab>,
+    /// Longest wait for one HTTP exchange with the CA, so a CA that stops answering
+    /// fails the run instead of hanging it.
+    pub request_timeout: Duration,
+    /// Longest time one whole order (including polling) may take.
+    pub order_timeout: Duration,
 }
+
+/// Default for `acme.request_timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `acme.order_timeout`.
+pub const DEFAULT_ORDER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A line/column in the config, kept so later checks can point at the right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -961,6 +973,31 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         }
     };
 
+    let request_timeout = acme_raw
+        .request_timeout
+        .as_ref()
+        .map_or(DEFAULT_REQUEST_TIMEOUT, |v| v.get_ref().0.0);
+    let order_timeout = acme_raw
+        .order_timeout
+        .as_ref()
+        .map_or(DEFAULT_ORDER_TIMEOUT, |v| v.get_ref().0.0);
+    if order_timeout <= request_timeout {
+        let span = acme_raw
+            .order_timeout
+            .as_ref()
+            .or(acme_raw.request_timeout.as_ref())
+            .map_or(acme_span.clone(), |v| v.span());
+        ctx.err(
+            &span,
+            "acme.order_timeout",
+            format!(
+                "order_timeout ({}) must be longer than request_timeout ({})",
+                format_duration(order_timeout),
+                format_duration(request_timeout)
+            ),
+        );
+    }
+
     let d = &raw.defaults;
     let mut certs = Vec::new();
     let mut names = HashSet::new();
@@ -1220,6 +1257,8 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
             contact: acme_raw.contact,
             ca_bundle,
             eab,
+            request_timeout,
+            order_timeout,
         },
         certs,
         metrics_listen,
@@ -1270,6 +1309,22 @@ key_path = "/etc/tls/www.key"
             Challenge::Http01Listen("[::]:80".parse().unwrap())
         );
         assert_eq!(w.loc("cert_path").line, 13);
+    }
+
+    #[test]
+    fn acme_timeouts_default_parse_and_must_be_ordered() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.acme.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(c.acme.order_timeout, DEFAULT_ORDER_TIMEOUT);
+        let with = |extra: &str| BASE.replace("[defaults]", &format!("{extra}\n[defaults]"));
+        let c = parse(&with("request_timeout = \"2s\"\norder_timeout = \"1m\"")).unwrap();
+        assert_eq!(c.acme.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.acme.order_timeout, Duration::from_secs(60));
+        let e = first_err(&with("request_timeout = \"5m\"\norder_timeout = \"1m\""));
+        assert_eq!(e.key, "acme.order_timeout");
+        assert!(e.message.contains("longer than request_timeout"), "{e}");
+        let e = first_err(&with("request_timeout = \"30\""));
+        assert!(e.message.contains("unit"), "{e}");
     }
 
     #[test]

@@ -1094,7 +1094,11 @@ impl Runner {
         rec: &mut CertRecord,
         installing: &Arc<std::sync::Mutex<bool>>,
     ) -> Result<(CertInfo, Fingerprint), Failure> {
-        let acme = self.acme().await?;
+        // A CA that asked us to wait (stored by `acme`) sets the next attempt.
+        let acme = self.acme().await.map_err(|message| Failure {
+            message,
+            retry_after: crate::acme::ca_hold(&self.state, &self.cfg.acme.directory),
+        })?;
         // Key generation is CPU-heavy (RSA-4096 takes seconds): off the async workers, so
         // the HTTP-01 responder and the other certificates keep going.
         let (kind, domains) = (cert.key_type, cert.domains.clone());

@@ -74,6 +74,10 @@ pub struct CaRecord {
     /// When `ari_supported` was last learned (a CA without ARI is asked again daily).
     #[serde(with = "time::serde::rfc3339::option")]
     pub ari_checked_at: Option<OffsetDateTime>,
+    /// The CA's Retry-After that reached beyond the run that saw it: no request goes to
+    /// this CA before then, across runs and certificates.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retry_after_until: Option<OffsetDateTime>,
 }
 
 /// Errors reading or writing the state directory.
