@@ -846,11 +846,10 @@ fn classify(ca: &Ca, step: &'static str, e: AcmeLibError) -> AcmeError {
     }
 }
 
-/// RFC 8555 section 8.1: a token is base64url (and so can never name a path).
+/// RFC 8555 section 8.1: a token is base64url (and so can never name a path). Checked
+/// here, at the CA boundary, and again where a token becomes a file name.
 fn is_token(t: &str) -> bool {
-    (1..=512).contains(&t.len())
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    crate::challenge::valid_token(t)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -212,21 +212,27 @@ pub fn write_atomic(
     mode: u32,
     owner: Option<(Option<u32>, Option<u32>)>,
 ) -> std::io::Result<()> {
-    write_atomic_then(path, data, mode, owner, || Ok(()))
+    prepare(path, data, mode, owner)?.commit()
 }
 
-/// [`write_atomic`], running `before_rename` once the new content is safely on disk and
-/// just before it replaces `path`. The store keeps the old file as `.prev` there: if the
-/// new content cannot be written (a full disk), neither the file nor its `.prev` changes.
-/// An error from `before_rename` abandons the write.
-pub fn write_atomic_then(
+/// New content for `path`, complete and fsynced in a temp file beside it, not yet in
+/// place. Preparing every file of a set before committing any lets a set be replaced by
+/// renames alone: if space runs out, it runs out before anything changed. Dropped
+/// uncommitted, the temp file is removed.
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+/// Writes the temp file for [`Prepared`] (see [`write_atomic`] for how it is created).
+pub fn prepare(
     path: &Path,
     data: &[u8],
     mode: u32,
     owner: Option<(Option<u32>, Option<u32>)>,
-    before_rename: impl FnOnce() -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = parent(path);
+) -> std::io::Result<Prepared> {
     let (tmp, mut f) = {
         let mut tries = 0;
         loop {
@@ -246,30 +252,43 @@ pub fn write_atomic_then(
             }
         }
     };
-    let result = (|| {
-        f.write_all(data)?;
-        if let Some((uid, gid)) = owner
-            && (uid.is_some() || gid.is_some())
-        {
-            nix::unistd::fchown(
-                &f,
-                uid.map(nix::unistd::Uid::from_raw),
-                gid.map(nix::unistd::Gid::from_raw),
-            )
-            .map_err(std::io::Error::from)?;
-        }
-        // Set the exact mode after creation: the umask must not widen or narrow it.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        drop(f);
-        before_rename()?;
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let prepared = Prepared {
+        tmp,
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    f.write_all(data)?;
+    if let Some((uid, gid)) = owner
+        && (uid.is_some() || gid.is_some())
+    {
+        nix::unistd::fchown(
+            &f,
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(std::io::Error::from)?;
     }
-    result
+    // Set the exact mode after creation: the umask must not widen or narrow it.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.sync_all()?;
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Renames the new content over the path and fsyncs the directory.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        fsync_dir(parent(&self.path))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Points the symlink `link` at `target` atomically: a fresh link under a unique temp name,

@@ -144,6 +144,7 @@ mod tests {
             hook_failures: 2,
             ari_window: None,
             ari_next_poll: None,
+            warnings: Vec::new(),
             times: RowTimes {
                 not_after: Some(1_900_000_000),
                 renew_at: 1_800_000_000,

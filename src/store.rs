@@ -3,11 +3,13 @@
 //! 1. **Stage**: the complete, verified set is written under `state_dir/staging/<name>/`,
 //!    every file fsynced, and only then a `manifest.json` (itself written atomically). The
 //!    manifest's existence is the commit point: without it a staging dir is garbage.
-//! 2. **Install**: each target gets a temp file in its own directory, created 0600 and then
-//!    set to its final mode and owner (a key is never readable by others, not even for an
-//!    instant), fsynced, the old file hard-linked to `<path>.prev`, renamed over the target,
-//!    and the directory fsynced. Files already identical to the staged copy are skipped, so
-//!    installing again is idempotent.
+//! 2. **Install**: first every changed target gets its new content in a temp file in its
+//!    own directory (created 0600, then set to its final mode and owner, so a key is never
+//!    readable by others, not even for an instant; fsynced), and so does a `.prev` copy of
+//!    the file it replaces. Only when all of them are on disk are they renamed into place,
+//!    `.prev` first, each rename followed by a directory fsync. A full disk or a file size
+//!    limit therefore fails before anything changed. Files already identical to the staged
+//!    copy are skipped, so installing again is idempotent.
 //! 3. **Roll forward**: if the process dies during (2), the manifest is still there and the
 //!    next start installs it again before doing anything else.
 //!
@@ -204,25 +206,6 @@ pub fn resolve_owner(
 
 fn prev_path(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.prev", path.display()))
-}
-
-/// Keeps the current file as `<path>.prev`, atomically, without ever removing `path`. The
-/// copy gets `mode` (the target's configured mode), not the old file's: a key that was
-/// world-readable must not stay so in its backup. A copy, not a hard link, for the same
-/// reason: a link would share the old inode and its mode.
-fn keep_previous(
-    cert: &str,
-    path: &Path,
-    mode: u32,
-    owner: (Option<u32>, Option<u32>),
-) -> Result<(), StoreError> {
-    let data = match fsx::read_regular(path, PEM_LIMIT, true) {
-        Ok(d) => d,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(read_err(cert, e)),
-    };
-    let prev = prev_path(path);
-    write_atomic(&prev, &data, mode, Some(owner)).map_err(io(cert, &prev))
 }
 
 /// The paths certkeeper would write for a certificate, with their configured modes.
@@ -431,28 +414,32 @@ pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
         return Ok(true);
     }
     let mut renamed = 0;
+    let mut work = Vec::new();
     for e in &manifest.entries {
         let staged = dir.join(&e.staged);
         let data = fsx::read_regular(&staged, PEM_LIMIT, false).map_err(|e| read_err(name, e))?;
-        match fsx::read_regular(&e.target, PEM_LIMIT, true) {
+        // Every new file, and the `.prev` copy of every old one, is written and fsynced
+        // first; only then are they renamed into place. A full disk or a file size limit
+        // therefore fails before anything changed, never with a new key beside an old cert.
+        let prev = match fsx::read_regular(&e.target, PEM_LIMIT, true) {
             Ok(cur) if cur == data => continue, // already installed by an interrupted run
-            Ok(_) => {}
-            Err(err) if err.is_not_found() => {}
+            Ok(cur) => {
+                let p = prev_path(&e.target);
+                Some(fsx::prepare(&p, &cur, e.mode, Some(owner)).map_err(io(name, &p))?)
+            }
+            Err(err) if err.is_not_found() => None,
             Err(err) => return Err(read_err(name, err)),
-        }
-        // The new content is written and fsynced first; only then is the old file kept
-        // as `.prev` and replaced, so a failed write (a full disk) changes neither.
-        let mut prev_err = None;
-        fsx::write_atomic_then(&e.target, &data, e.mode, Some(owner), || {
-            keep_previous(name, &e.target, e.mode, owner).map_err(|err| {
-                let io_err = std::io::Error::other(err.to_string());
-                prev_err = Some(err);
-                io_err
-            })?;
+        };
+        let new =
+            fsx::prepare(&e.target, &data, e.mode, Some(owner)).map_err(io(name, &e.target))?;
+        work.push((e, prev, new));
+    }
+    for (e, prev, new) in work {
+        if let Some(p) = prev {
+            p.commit().map_err(io(name, &prev_path(&e.target)))?;
             fault_point("install-prev");
-            Ok(())
-        })
-        .map_err(|err| prev_err.take().unwrap_or_else(|| io(name, &e.target)(err)))?;
+        }
+        new.commit().map_err(io(name, &e.target))?;
         fault_point("install-rename");
         renamed += 1;
         if renamed == 1 {
