@@ -5,7 +5,7 @@
 //! point of the debug build (`CERTKEEPER_FAULT`, see `src/fault.rs`: before the
 //! order, after staging, after each `.prev` link and each rename, between the
 //! install and its record, before and after the hooks), then at random moments
-//! (`CERTKEEPER_CRASH_RUNS`, default 200, kills spread over the measured length
+//! (`CERTKEEPER_CRASH_RUNS`, default 260, kills spread over the measured length
 //! of a renewal). After every kill the next plain `renew` must leave:
 //! - a key that matches the cert, a chain and a bundle that belong to it;
 //! - no empty or truncated file, and no temp file;
@@ -315,10 +315,10 @@ fn sigkill_at_every_step_and_at_random_moments_loses_nothing() {
     let runs: u32 = std::env::var("CERTKEEPER_CRASH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(260);
     let mut rng = rand::rng();
     for i in 0..runs {
-        let delay = full.mul_f64(rng.random_range(0.05..1.1));
+        let delay = full.mul_f64(rng.random_range(0.02..0.95));
         rig.round(&mut t, &format!("random kill {i} after {delay:?}"), |r| {
             crash_after(r, delay)
         });
