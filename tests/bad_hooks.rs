@@ -45,6 +45,8 @@ fn run_measured(env: &TestEnv, cfg: &Path, args: &[&str]) -> Measured {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
+    // Reaped by `wait4` below (which `Child::wait` cannot do: it drops the rusage).
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().expect("spawn certkeeper");
     let pid = child.id() as libc::pid_t;
     let mut so = child.stdout.take().unwrap();
