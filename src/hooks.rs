@@ -4,6 +4,11 @@
 //! group with a timeout after which the whole group is killed, and has its stdout/stderr
 //! captured into the log. Reload hooks get the certificate's facts both as
 //! `CERTKEEPER_*` environment variables and as one JSON object on stdin.
+//!
+//! A hook is untrusted in size as well as time: its output is read to the end (it never
+//! blocks on a full pipe) but only the last [`CAPTURE_LIMIT`] bytes of each stream are
+//! kept, the rest is counted and reported as dropped; the log gets at most the last few
+//! dozen lines of each stream and the error message a few KiB.
 
 use std::path::PathBuf;
 use std::process::Stdio;
