@@ -30,8 +30,9 @@ if [ "$seconds" = 0 ]; then
 fi
 export RUSTC_BOOTSTRAP=1
 target_dir=${CARGO_TARGET_DIR:-$repo/fuzz/target}
-# Same flags for build and run, so `run` never rebuilds.
-flags=(-O --sanitizer "${FUZZ_SANITIZER:-address}")
+# Same flags for build and run, so `run` never rebuilds. Optimised, but with debug
+# assertions and overflow checks, so arithmetic overflow in a parser is a crash.
+flags=(-O --debug-assertions --sanitizer "${FUZZ_SANITIZER:-address}")
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     log "cargo-fuzz missing: cargo install --locked cargo-fuzz"
