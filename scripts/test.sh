@@ -11,7 +11,8 @@
 # loopback ports of their own. It also creates the Python venv with
 # acme2certifier (the second CA, with ARI, that tests/ari.rs runs) at
 # ${CARGO_TARGET_DIR:-target}/a2c-venv when it is missing, installing
-# python3-venv with apt-get if `python3 -m venv` needs it.
+# python3-venv with apt-get if `python3 -m venv` needs it. The fuzz step
+# installs cargo-fuzz from crates.io when missing (see scripts/fuzz.sh).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,5 +48,8 @@ step hooks scripts/test-hooks.sh
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --all-targets -- -D warnings
 step test cargo test --all-targets
+# Bounded fuzzing of the config/PEM parsers (scripts/fuzz.sh): 30 s per target here,
+# plus the fuzz build on the first run. FUZZ_SECONDS=0 skips it.
+step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
 summary
 echo "scripts/test.sh: all checks passed in $(($(date +%s) - start))s" >&2

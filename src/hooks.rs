@@ -4,6 +4,11 @@
 //! group with a timeout after which the whole group is killed, and has its stdout/stderr
 //! captured into the log. Reload hooks get the certificate's facts both as
 //! `CERTKEEPER_*` environment variables and as one JSON object on stdin.
+//!
+//! A hook is untrusted in size as well as time: its output is read to the end (it never
+//! blocks on a full pipe) but only the last [`CAPTURE_LIMIT`] bytes of each stream are
+//! kept, the rest is counted and reported as dropped; the log gets at most the last few
+//! dozen lines of each stream and the error message a few KiB.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -117,22 +122,180 @@ fn show_argv(argv: &[String]) -> String {
         .join(" ")
 }
 
-fn tail(stderr: &str, stdout: &str) -> String {
-    let src = if stderr.trim().is_empty() {
-        stdout
+/// How much of each output stream of a hook is kept: the last 64 KiB. A hook that prints
+/// without end costs a constant amount of memory, never the size of its output.
+pub const CAPTURE_LIMIT: usize = 64 * 1024;
+
+/// At most this many lines of each stream are copied into the log, each cut to
+/// [`LOG_LINE_LIMIT`] bytes, so one hook cannot flood the log either.
+const LOG_LINES: usize = 50;
+/// Longest part of one output line that is logged.
+const LOG_LINE_LIMIT: usize = 1024;
+/// At most this many bytes of output are quoted in an error message.
+const ERROR_TAIL_LIMIT: usize = 4096;
+/// How long output still in the pipes is read after the hook exited, for a background
+/// child that keeps them open.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// The last [`CAPTURE_LIMIT`] bytes of one output stream, and how much came before them.
+#[derive(Debug, Default)]
+struct Tail {
+    buf: Vec<u8>,
+    total: u64,
+}
+
+impl Tail {
+    /// Appends `chunk`, keeping at most twice the limit between compactions (amortised
+    /// constant work per byte).
+    fn push(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        let chunk = &chunk[chunk.len().saturating_sub(CAPTURE_LIMIT)..];
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() > 2 * CAPTURE_LIMIT {
+            let cut = self.buf.len() - CAPTURE_LIMIT;
+            self.buf.drain(..cut);
+        }
+    }
+
+    /// The kept bytes (at most [`CAPTURE_LIMIT`]) and how many were dropped before them.
+    fn finish(mut self) -> Captured {
+        let cut = self.buf.len().saturating_sub(CAPTURE_LIMIT);
+        self.buf.drain(..cut);
+        Captured {
+            dropped: self.total - self.buf.len() as u64,
+            text: String::from_utf8_lossy(&self.buf).into_owned(),
+        }
+    }
+}
+
+/// What is kept of one stream once the hook is done.
+#[derive(Debug, Default)]
+struct Captured {
+    text: String,
+    dropped: u64,
+}
+
+/// Reads `r` to its end into `tail`. Never stops reading early: a hook must not block
+/// on a full pipe because we stopped listening.
+async fn drain<R: tokio::io::AsyncRead + Unpin>(mut r: R, tail: &mut Tail) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => tail.push(&buf[..n]),
+        }
+    }
+}
+
+/// `52428800` as `52,428,800`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The note that says how much of a stream was dropped, if any.
+fn dropped_note(stream: &str, c: &Captured) -> Option<String> {
+    (c.dropped > 0).then(|| {
+        format!(
+            "{} bytes of {stream} dropped, last {} KiB kept",
+            thousands(c.dropped),
+            CAPTURE_LIMIT / 1024
+        )
+    })
+}
+
+/// `s` cut to its last `max` bytes (on a character boundary), marked when cut.
+fn last_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &s[start..])
+}
+
+/// The non-empty lines of `s` that the log shows: the last [`LOG_LINES`], each cut.
+fn log_lines(s: &str) -> (usize, Vec<String>) {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    let skip = lines.len().saturating_sub(LOG_LINES);
+    (
+        skip,
+        lines[skip..]
+            .iter()
+            .map(|l| last_bytes(l, LOG_LINE_LIMIT))
+            .collect(),
+    )
+}
+
+/// The part of the output quoted in an error message: the last 3 lines of stderr (or
+/// stdout when stderr is empty), at most [`ERROR_TAIL_LIMIT`] bytes, plus what was dropped.
+fn tail(stderr: &Captured, stdout: &Captured) -> String {
+    let src = if stderr.text.trim().is_empty() {
+        &stdout.text
     } else {
-        stderr
+        &stderr.text
     };
     let lines: Vec<&str> = src.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
     let start = lines.len().saturating_sub(3);
-    format!(": {}", lines[start..].join(" | "))
+    let mut msg = String::new();
+    if !lines.is_empty() {
+        msg = format!(
+            ": {}",
+            last_bytes(&lines[start..].join(" | "), ERROR_TAIL_LIMIT)
+        );
+    }
+    let notes: Vec<String> = [
+        dropped_note("stdout", stdout),
+        dropped_note("stderr", stderr),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !notes.is_empty() {
+        msg.push_str(&format!(" ({})", notes.join("; ")));
+    }
+    msg
+}
+
+/// Copies the kept output into the log, bounded (see [`LOG_LINES`]).
+fn log_output(label: &str, cert: &str, stdout: &Captured, stderr: &Captured) {
+    for (stream, c) in [("stdout", stdout), ("stderr", stderr)] {
+        let (skipped, lines) = log_lines(&c.text);
+        if skipped > 0 || c.dropped > 0 {
+            warn!(
+                cert,
+                hook = %label,
+                "{stream}: output truncated ({} bytes dropped, {skipped} more lines not logged; the last {} lines follow)",
+                thousands(c.dropped),
+                lines.len()
+            );
+        }
+        for line in lines {
+            if stream == "stdout" {
+                info!(cert, hook = %label, "{line}");
+            } else {
+                warn!(cert, hook = %label, "stderr: {line}");
+            }
+        }
+    }
 }
 
 /// Runs one command with the timeout, environment and stdin given; logs its output under
 /// `label` (e.g. `reload` or `dns01`) and the certificate name.
+///
+/// Bounded in every direction: stdin is written concurrently with waiting (a hook that
+/// never reads it cannot block us) and closed after the data; stdout and stderr are read
+/// to their end while the hook runs but only their last [`CAPTURE_LIMIT`] bytes are kept;
+/// after `timeout` the whole process group is killed.
 pub async fn run(
     label: &str,
     cert: &str,
@@ -162,49 +325,54 @@ pub async fn run(
     // If this future is dropped (a daemon shutting down mid-order), the whole group goes,
     // not just the direct child that `kill_on_drop` covers.
     let mut group = GroupGuard(pid.map(|p| nix::unistd::Pid::from_raw(p as i32)));
-    if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
-        // A hook that ignores stdin closes it early; that is fine.
-        tokio::spawn(async move {
-            let _ = w.write_all(&data).await;
-        });
-    }
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let read_out = tokio::spawn(async move {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v).await;
-        v
-    });
-    let read_err = tokio::spawn(async move {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v).await;
-        v
-    });
-    let status = tokio::time::timeout(timeout, child.wait()).await;
-    if status.is_err() {
-        // Timed out: kill the whole group, grandchildren included.
-        group.kill();
-    } else {
-        // The hook finished on its own; whatever it started in the background is its
-        // business.
-        group.0 = None;
-    }
-    let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
-        match tokio::time::timeout(Duration::from_secs(2), h).await {
-            Ok(Ok(v)) => String::from_utf8_lossy(&v).into_owned(),
-            _ => String::new(),
+    let writer = child.stdin.take();
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let mut out_tail = Tail::default();
+    let mut err_tail = Tail::default();
+    let status = {
+        let feed = async move {
+            if let (Some(data), Some(mut w)) = (stdin, writer) {
+                // A hook that ignores stdin closes it early (EPIPE); that is fine. Dropping
+                // `w` closes the pipe, so a hook reading to the end sees EOF.
+                let _ = w.write_all(&data).await;
+            }
+        };
+        let io = async {
+            tokio::join!(feed, drain(out, &mut out_tail), drain(err, &mut err_tail));
+        };
+        tokio::pin!(io);
+        let mut io_done = false;
+        let status = {
+            let wait = child.wait();
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(wait, deadline);
+            loop {
+                tokio::select! {
+                    s = &mut wait => break Some(s),
+                    _ = &mut io, if !io_done => io_done = true,
+                    _ = &mut deadline => break None,
+                }
+            }
+        };
+        if status.is_none() {
+            // Timed out: kill the whole group, grandchildren included.
+            group.kill();
+        } else {
+            // The hook finished on its own; whatever it started in the background is its
+            // business, but not our pipes for longer than the grace period.
+            group.0 = None;
         }
+        if !io_done {
+            let _ = tokio::time::timeout(DRAIN_GRACE, &mut io).await;
+        }
+        status
     };
-    let stdout = collect(read_out).await;
-    let stderr = collect(read_err).await;
-    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
-        info!(cert, hook = %label, "{line}");
-    }
-    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        warn!(cert, hook = %label, "stderr: {line}");
-    }
+    let stdout = out_tail.finish();
+    let stderr = err_tail.finish();
+    log_output(label, cert, &stdout, &stderr);
     match status {
-        Err(_) => {
+        None => {
             let _ = child.wait().await;
             Err(HookError::Timeout {
                 argv: shown,
@@ -212,12 +380,12 @@ pub async fn run(
                 tail: tail(&stderr, &stdout),
             })
         }
-        Ok(Err(source)) => Err(HookError::Spawn {
+        Some(Err(source)) => Err(HookError::Spawn {
             argv: shown,
             source,
         }),
-        Ok(Ok(s)) if s.success() => Ok(()),
-        Ok(Ok(s)) => Err(HookError::Failed {
+        Some(Ok(s)) if s.success() => Ok(()),
+        Some(Ok(s)) => Err(HookError::Failed {
             argv: shown,
             status: s.to_string(),
             tail: tail(&stderr, &stdout),
@@ -410,6 +578,159 @@ mod tests {
             !marker.exists(),
             "the hook's background child outlived the cancellation"
         );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_64_kib_and_counts_the_rest() {
+        let mut t = Tail::default();
+        let chunk: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut all = Vec::new();
+        while all.len() < 50_000_000 {
+            t.push(&chunk);
+            all.extend_from_slice(&chunk);
+            assert!(t.buf.len() <= 2 * CAPTURE_LIMIT + chunk.len());
+        }
+        // one chunk bigger than the limit on its own
+        let big = vec![b'z'; 3 * CAPTURE_LIMIT];
+        t.push(&big);
+        all.extend_from_slice(&big);
+        let total = all.len() as u64;
+        let kept = t.buf[t.buf.len().saturating_sub(CAPTURE_LIMIT)..].to_vec();
+        let c = t.finish();
+        assert_eq!(c.text.len(), CAPTURE_LIMIT);
+        assert_eq!(c.dropped, total - CAPTURE_LIMIT as u64);
+        assert_eq!(kept, all[all.len() - CAPTURE_LIMIT..]);
+        let mut small = Tail::default();
+        small.push(b"hello\n");
+        let c = small.finish();
+        assert_eq!((c.text.as_str(), c.dropped), ("hello\n", 0));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(52_428_800), "52,428,800");
+    }
+
+    /// 50 MB on each stream: the hook is not blocked (it finishes and fails on its own
+    /// exit code, not by the timeout), and the error says exactly how much was dropped
+    /// while quoting only a bounded tail.
+    #[tokio::test]
+    async fn fifty_megabytes_of_output_are_dropped_and_counted() {
+        let script = "head -c 50000000 /dev/zero | tr '\\0' x; \
+                      head -c 50000000 /dev/zero | tr '\\0' y >&2; exit 4";
+        let e = run(
+            "reload",
+            "t",
+            &argv(&["sh", "-c", script]),
+            &[],
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, HookError::Failed { .. }), "{e}");
+        let msg = e.to_string();
+        let dropped = thousands(50_000_000 - CAPTURE_LIMIT as u64);
+        assert!(
+            msg.contains(&format!(
+                "{dropped} bytes of stdout dropped, last 64 KiB kept"
+            )) && msg.contains(&format!("{dropped} bytes of stderr dropped")),
+            "{}",
+            last_bytes(&msg, 600)
+        );
+        assert!(msg.contains("yyyy") && msg.contains('4'), "{}", &msg[..200]);
+        assert!(msg.len() < ERROR_TAIL_LIMIT + 1024, "{} bytes", msg.len());
+    }
+
+    /// The log shows a bounded number of lines of a hook's output, the last ones.
+    #[test]
+    fn log_lines_are_bounded() {
+        let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        let (skipped, lines) = log_lines(&text);
+        assert_eq!(skipped, 10_000 - LOG_LINES);
+        assert_eq!(lines.len(), LOG_LINES);
+        assert_eq!(lines.last().unwrap(), "line 9999");
+        let long = "q".repeat(100_000);
+        let (_, lines) = log_lines(&long);
+        assert!(lines[0].len() <= LOG_LINE_LIMIT + 3, "{}", lines[0].len());
+    }
+
+    /// A JSON event bigger than a pipe buffer, given to a hook that never reads stdin,
+    /// does not block the run; one that reads to the end gets all of it and then EOF.
+    #[tokio::test]
+    async fn large_stdin_never_blocks() {
+        let data = vec![b'j'; 1 << 20];
+        let start = std::time::Instant::now();
+        run(
+            "reload",
+            "t",
+            &argv(&["sh", "-c", "exit 0"]),
+            &[],
+            Some(data.clone()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(20));
+
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("count");
+        let script = format!("wc -c > {}", out.display());
+        run(
+            "reload",
+            "t",
+            &argv(&["sh", "-c", &script]),
+            &[],
+            Some(data),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let n: usize = std::fs::read_to_string(&out)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(n, 1 << 20);
+    }
+
+    /// A hook that reads stdin and then never exits is bounded by the timeout.
+    #[tokio::test]
+    async fn hook_stuck_after_reading_stdin_times_out() {
+        let start = std::time::Instant::now();
+        let e = run(
+            "reload",
+            "t",
+            &argv(&["sh", "-c", "cat > /dev/null; exec sleep 1000"]),
+            &[],
+            Some(vec![b'{'; 200_000]),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, HookError::Timeout { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    /// A hook that exits but leaves a background child holding its stdout: the run ends
+    /// after the grace period instead of waiting for that child.
+    #[tokio::test]
+    async fn background_child_holding_the_pipes_does_not_block() {
+        let start = std::time::Instant::now();
+        run(
+            "reload",
+            "t",
+            &argv(&["sh", "-c", "sleep 30 & echo started"]),
+            &[],
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(20));
     }
 
     #[tokio::test]
