@@ -944,8 +944,8 @@ impl Acme {
             message: m,
         };
         if path.exists() {
-            let raw = std::fs::read(&path)
-                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let raw = crate::fsx::read_regular(&path, crate::fsx::STATE_LIMIT, false)
+                .map_err(|e| fail(e.to_string()))?;
             loop {
                 let creds: AccountCredentials = serde_json::from_slice(&raw)
                     .map_err(|e| fail(format!("{}: corrupt account file: {e}", path.display())))?;
