@@ -1589,4 +1589,103 @@ key_path = "/etc/tls/www.key"
         }
         assert!(n >= 1, "no example configs found in {}", dir.display());
     }
+
+    fn two_certs(dir: &Path, a: &str, b: &str) -> String {
+        format!(
+            "state_dir = \"{d}/state\"\n[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"[::]:80\"\n\
+             [[cert]]\nname = \"one\"\ndomains = [\"a.example\"]\ncert_path = \"{a}\"\nkey_path = \"{d}/one.key\"\n\
+             [[cert]]\nname = \"two\"\ndomains = [\"b.example\"]\ncert_path = \"{d}/two.pem\"\nkey_path = \"{b}\"\n",
+            d = dir.display()
+        )
+    }
+
+    #[test]
+    fn dotdot_alias_is_refused_at_load_naming_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("out")).unwrap();
+        let a = d.join("out/a.crt");
+        let b = d.join("out/../out/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let errs = Config::from_str_at(&src, Path::new("test.toml"), d)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let e = &errs[0];
+        assert_eq!(e.key, "cert[two].key_path", "{e}");
+        assert_eq!(e.line, 15, "{e}");
+        let m = e.to_string();
+        assert!(m.contains("out/../out/a.crt"), "{m}");
+        assert!(m.contains(&format!("cert[one].cert_path = {}", a.display())), "{m}");
+        assert!(m.contains("test.toml:9"), "{m}");
+        assert!(m.contains("same file"), "{m}");
+    }
+
+    #[test]
+    fn alias_through_a_directory_that_does_not_exist_yet_is_caught_lexically() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = d.join("new/x/a.crt");
+        let b = d.join("new/./y/../x/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+        assert!(e.to_string().contains("same file"), "{e}");
+    }
+
+    #[test]
+    fn symlinked_directory_alias_is_refused_at_load_and_in_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let a = d.join("real/a.crt");
+        let b = d.join("link/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("link/a.crt") && m.contains("real/a.crt"), "{m}");
+        assert!(m.contains("cert[one].cert_path") && m.contains("cert[two].key_path"), "{m}");
+
+        // A symlink created after load: check_paths finds it.
+        let b = d.join("later/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let cfg = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap();
+        assert!(cfg.check_paths().iter().all(|e| !e.message.contains("same file")));
+        std::os::unix::fs::symlink(d.join("real"), d.join("later")).unwrap();
+        let probs = cfg.check_paths();
+        assert!(
+            probs.iter().any(|e| e.key == "cert[two].key_path" && e.message.contains("same file")),
+            "{probs:?}"
+        );
+    }
+
+    #[test]
+    fn alias_within_one_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("out")).unwrap();
+        let src = two_certs(d, "out/a.crt", "out/b.key").replace(
+            &format!("key_path = \"{}/one.key\"", d.display()),
+            "key_path = \"out/../out/a.crt\"",
+        );
+        let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("cert[one].key_path") && m.contains("cert[one].cert_path"), "{m}");
+    }
+
+    #[test]
+    fn ip_literals_are_refused_with_rfc8738_message() {
+        for ip in ["127.0.0.1", "::1", "[::1]", "2001:db8::1"] {
+            let src = BASE.replace("\"www.example.com\"", &format!("{ip:?}"));
+            let e = first_err(&src);
+            assert_eq!(e.key, "cert[www].domains", "{ip}: {e}");
+            assert!(
+                e.message.contains("IP address identifiers (RFC 8738) are not supported"),
+                "{ip}: {e}"
+            );
+        }
+        // Names that merely look numeric-ish are still DNS names.
+        let src = BASE.replace("\"www.example.com\"", "\"1.2.3.example\"");
+        parse(&src).unwrap();
+    }
 }
