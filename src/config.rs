@@ -433,6 +433,7 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default, rename = "cert")]
     certs: Vec<Spanned<RawCert>>,
+    strict_modes: Option<Spanned<bool>>,
 }
 
 /// External Account Binding credentials, as the CA hands them out.
@@ -533,6 +534,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Locations of top-level keys.
     pub locs: BTreeMap<String, Loc>,
+    /// As root, refuse config, hooks and managed directories others could write (sshd's
+    /// StrictModes); see [`strict_mode_violations`].
+    pub strict_modes: bool,
 }
 
 /// Default location of `state_dir`.
@@ -1002,6 +1006,154 @@ fn path_alias_errors(
     out
 }
 
+/// Under `strict_modes = true` and when running as root: every path certkeeper trusts that
+/// someone other than root could modify. Checked like sshd's StrictModes: the path is
+/// resolved (symlinks followed), then it and every ancestor up to `/` must be owned by root
+/// and not writable by group or others. A sticky world-writable directory such as `/tmp`
+/// is unsafe too: the sticky bit stops others deleting root's entries, but not creating a
+/// name root has not created yet, nor does it protect what lies below a non-root-owned
+/// entry. A path that does not exist yet is judged by its nearest existing ancestor.
+///
+/// Checked: the config file (key `config`), `state_dir`, `acme.ca_bundle`, the directory of
+/// every managed file, `http01_webroot`, and every hook program (`reload`, `dns01_hook`;
+/// bare names are looked up in PATH). Each unsafe path is reported once, with the first
+/// key that refers to it.
+pub fn strict_mode_violations(cfg: &Config, config_path: &Path) -> Vec<ConfigError> {
+    strict_mode_violations_as(cfg, config_path, nix::unistd::geteuid().is_root())
+}
+
+/// [`strict_mode_violations`] with the "running as root" answer given, for tests.
+pub fn strict_mode_violations_as(
+    cfg: &Config,
+    config_path: &Path,
+    as_root: bool,
+) -> Vec<ConfigError> {
+    if !cfg.strict_modes || !as_root {
+        return Vec::new();
+    }
+    // (path as configured, config key, location)
+    let mut targets: Vec<(PathBuf, String, Loc)> = Vec::new();
+    let top = |k: &str| cfg.locs.get(k).copied().unwrap_or_default();
+    targets.push((config_path.to_path_buf(), "config".into(), Loc::default()));
+    targets.push((cfg.state_dir.clone(), "state_dir".into(), top("state_dir")));
+    if let Some(b) = &cfg.acme.ca_bundle {
+        targets.push((b.clone(), "acme.ca_bundle".into(), top("acme.ca_bundle")));
+    }
+    let mut seen_dirs = HashSet::new();
+    for c in &cfg.certs {
+        let key = |k: &str| format!("cert[{}].{k}", c.name);
+        for (k, p) in c.managed_paths() {
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            if seen_dirs.insert(dir.to_path_buf()) {
+                targets.push((dir.to_path_buf(), key(k), c.loc(k)));
+            }
+        }
+        match &c.challenge {
+            Challenge::Http01Webroot(w) => {
+                targets.push((w.clone(), key("http01_webroot"), c.loc("http01_webroot")))
+            }
+            Challenge::Dns01Hook(argv) => {
+                if let Some(p) = resolve_program(&argv[0]) {
+                    targets.push((p, key("dns01_hook"), c.loc("dns01_hook")));
+                }
+            }
+            Challenge::Http01Listen(_) => {}
+        }
+        for argv in &c.reload {
+            if let Some(p) = resolve_program(&argv[0]) {
+                targets.push((p, key("reload"), c.loc("reload")));
+            }
+        }
+    }
+    let mut reported = HashSet::new();
+    let mut checked = HashSet::new();
+    let mut out = Vec::new();
+    for (path, key, loc) in targets {
+        let mut p = path.as_path();
+        let real = loop {
+            if let Ok(r) = std::fs::canonicalize(p) {
+                break r;
+            }
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break PathBuf::from("/"),
+            }
+        };
+        for comp in real.ancestors() {
+            if !checked.insert(comp.to_path_buf()) {
+                // Its ancestors were checked with it.
+                break;
+            }
+            let Some(why) = unsafe_mode(comp) else { continue };
+            if reported.insert(comp.to_path_buf()) {
+                let via = if comp == path {
+                    String::new()
+                } else {
+                    format!(" (on the way to {})", path.display())
+                };
+                out.push(ConfigError {
+                    file: cfg.path.clone(),
+                    line: loc.line,
+                    column: loc.column,
+                    key: key.clone(),
+                    message: format!(
+                        "strict_modes: {}{via} is {why}; as root certkeeper trusts only paths that root alone can modify (fix with chown root and chmod go-w)",
+                        comp.display()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Why `p` is unsafe for root to trust, or `None`.
+fn unsafe_mode(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("not inspectable ({e})")),
+    };
+    let mode = m.mode() & 0o7777;
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {}", m.uid()), |u| format!("{} (uid {})", u.name, m.uid()));
+    let mut why = Vec::new();
+    if m.uid() != 0 {
+        why.push("not owned by root");
+    }
+    if mode & 0o020 != 0 {
+        why.push("group-writable");
+    }
+    if mode & 0o002 != 0 {
+        why.push(if mode & 0o1000 != 0 {
+            "world-writable (sticky, still unsafe)"
+        } else {
+            "world-writable"
+        });
+    }
+    if why.is_empty() {
+        return None;
+    }
+    Some(format!("mode {mode:04o} owned by {owner}: {}", why.join(", ")))
+}
+
+/// The file a hook argv[0] runs: itself if it has a slash, else the first PATH match.
+fn resolve_program(prog: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if prog.is_empty() {
+        return None;
+    }
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|c| {
+        std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
 fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let mut locs = BTreeMap::new();
     let state_dir = match &raw.state_dir {
@@ -1350,7 +1502,12 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
 
     ctx.errors
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
+    let strict_modes = raw.strict_modes.as_ref().is_some_and(|s| {
+        locs.insert("strict_modes".into(), ctx.loc(&s.span()));
+        *s.get_ref()
+    });
     Config {
+        strict_modes,
         path: ctx.file.to_path_buf(),
         state_dir,
         acme: AcmeConfig {

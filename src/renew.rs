@@ -256,6 +256,23 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
     }
     let state = StateDir::create(&cfg.state_dir)?;
     let _lock = state.lock("certkeeper renew")?;
+    // A certificate whose files another state_dir owns is refused, never ordered.
+    let mut refused = Vec::new();
+    let selected: Vec<CertConfig> = selected
+        .into_iter()
+        .filter(|c| match crate::owner::claim(state.root(), c) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(cert = %c.name, "{e}");
+                refused.push(Outcome {
+                    name: c.name.clone(),
+                    ok: false,
+                    summary: e.to_string(),
+                });
+                false
+            }
+        })
+        .collect();
     if let Err(e) = roll_forward(&state, &cfg) {
         // Do not touch anything else while an install is half done.
         error!("cannot complete an interrupted install: {e}");
@@ -285,7 +302,10 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
         }
     }
     out.sort_by_key(|(i, _)| *i);
-    Ok(out.into_iter().map(|(_, o)| o).collect())
+    Ok(refused
+        .into_iter()
+        .chain(out.into_iter().map(|(_, o)| o))
+        .collect())
 }
 
 fn dry_run(cfg: &Config, certs: &[CertConfig]) -> Vec<Outcome> {
