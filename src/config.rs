@@ -1845,4 +1845,116 @@ key_path = "/etc/tls/www.key"
         let src = BASE.replace("\"www.example.com\"", "\"1.2.3.example\"");
         parse(&src).unwrap();
     }
+
+    fn strict_cfg(d: &Path, strict: bool) -> Config {
+        let src = format!(
+            "strict_modes = {strict}\nstate_dir = \"{d}/state\"\n[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"[::]:80\"\n\
+             [[cert]]\nname = \"www\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/out/a.pem\"\nkey_path = \"{d}/out/a.key\"\n\
+             reload = [[\"{d}/hooks/reload.sh\"]]\n",
+            d = d.display()
+        );
+        Config::from_str_at(&src, &d.join("ck.toml"), d).unwrap()
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A tree where every path certkeeper trusts is root-owned 0755/0644.
+    fn strict_tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        chmod(d, 0o755);
+        for sub in ["out", "hooks", "state"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+            chmod(&d.join(sub), 0o755);
+        }
+        std::fs::write(d.join("hooks/reload.sh"), "#!/bin/sh\n").unwrap();
+        chmod(&d.join("hooks/reload.sh"), 0o755);
+        std::fs::write(d.join("ck.toml"), "").unwrap();
+        chmod(&d.join("ck.toml"), 0o644);
+        dir
+    }
+
+    /// Only violations inside the test's own tree: the tree's ancestors (e.g. /tmp) are
+    /// the machine's business.
+    fn inside(v: &[ConfigError], d: &Path) -> Vec<ConfigError> {
+        v.iter()
+            .filter(|e| e.message.contains(&format!("strict_modes: {}", d.display())))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn strict_modes_accepts_root_owned_tree_and_is_off_by_default_or_when_not_root() {
+        let dir = strict_tree();
+        let d = dir.path();
+        let cfg = strict_cfg(d, true);
+        assert!(cfg.strict_modes);
+        let v = strict_mode_violations_as(&cfg, &d.join("ck.toml"), true);
+        assert!(inside(&v, d).is_empty(), "{v:?}");
+        chmod(&d.join("out"), 0o777);
+        assert!(!strict_mode_violations_as(&cfg, &d.join("ck.toml"), true).is_empty());
+        assert!(strict_mode_violations_as(&cfg, &d.join("ck.toml"), false).is_empty());
+        let off = strict_cfg(d, false);
+        assert!(strict_mode_violations_as(&off, &d.join("ck.toml"), true).is_empty());
+        assert!(!parse(BASE).unwrap().strict_modes);
+    }
+
+    #[test]
+    fn strict_modes_names_path_mode_owner_and_key() {
+        let dir = strict_tree();
+        let d = dir.path();
+        let cfg = strict_cfg(d, true);
+        let cases: &[(&str, u32, &str, &str)] = &[
+            ("out", 0o777, "cert[www].cert_path", "world-writable"),
+            ("out", 0o775, "cert[www].cert_path", "group-writable"),
+            ("hooks/reload.sh", 0o775, "cert[www].reload", "group-writable"),
+            ("hooks", 0o757, "cert[www].reload", "world-writable"),
+            ("ck.toml", 0o666, "config", "world-writable"),
+            ("state", 0o770, "state_dir", "group-writable"),
+            ("out", 0o1777, "cert[www].cert_path", "sticky, still unsafe"),
+        ];
+        for (rel, mode, key, why) in cases {
+            let p = d.join(rel);
+            let before = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777
+            };
+            chmod(&p, *mode);
+            let v = inside(&strict_mode_violations_as(&cfg, &d.join("ck.toml"), true), d);
+            chmod(&p, before);
+            assert_eq!(v.len(), 1, "{rel} {mode:o}: {v:?}");
+            let e = &v[0];
+            assert_eq!(e.key, *key, "{e}");
+            let m = e.to_string();
+            assert!(m.contains(&format!("{} ", p.display())), "{m}");
+            assert!(m.contains(&format!("mode {mode:04o}")), "{m}");
+            assert!(m.contains("owned by root (uid 0)"), "{m}");
+            assert!(m.contains(why), "{m}");
+        }
+        // An ancestor component is named, with the path it leads to.
+        chmod(d, 0o777);
+        let v = inside(&strict_mode_violations_as(&cfg, &d.join("ck.toml"), true), d);
+        chmod(d, 0o755);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.contains("on the way to"), "{}", v[0]);
+    }
+
+    #[test]
+    fn strict_modes_flags_files_not_owned_by_root() {
+        let dir = strict_tree();
+        let d = dir.path();
+        let cfg = strict_cfg(d, true);
+        nix::unistd::chown(
+            &d.join("hooks/reload.sh"),
+            Some(nix::unistd::Uid::from_raw(65534)),
+            None,
+        )
+        .unwrap();
+        let v = inside(&strict_mode_violations_as(&cfg, &d.join("ck.toml"), true), d);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.contains("not owned by root") && v[0].message.contains("uid 65534"), "{}", v[0]);
+    }
 }
