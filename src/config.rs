@@ -557,7 +557,10 @@ impl Ctx<'_> {
         let offset = span.start.min(self.src.len());
         let i = self.line_starts.partition_point(|&s| s <= offset).max(1) - 1;
         let column = self.src[self.line_starts[i]..offset].chars().count() + 1;
-        Loc { line: i + 1, column }
+        Loc {
+            line: i + 1,
+            column,
+        }
     }
 
     fn err(&mut self, span: &Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -1084,7 +1087,9 @@ pub fn strict_mode_violations_as(
                 // Its ancestors were checked with it.
                 break;
             }
-            let Some(why) = unsafe_mode(comp) else { continue };
+            let Some(why) = unsafe_mode(comp) else {
+                continue;
+            };
             if reported.insert(comp.to_path_buf()) {
                 let via = if comp == path {
                     String::new()
@@ -1118,7 +1123,10 @@ fn unsafe_mode(p: &Path) -> Option<String> {
     let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
         .ok()
         .flatten()
-        .map_or_else(|| format!("uid {}", m.uid()), |u| format!("{} (uid {})", u.name, m.uid()));
+        .map_or_else(
+            || format!("uid {}", m.uid()),
+            |u| format!("{} (uid {})", u.name, m.uid()),
+        );
     let mut why = Vec::new();
     if m.uid() != 0 {
         why.push("not owned by root");
@@ -1136,7 +1144,10 @@ fn unsafe_mode(p: &Path) -> Option<String> {
     if why.is_empty() {
         return None;
     }
-    Some(format!("mode {mode:04o} owned by {owner}: {}", why.join(", ")))
+    Some(format!(
+        "mode {mode:04o} owned by {owner}: {}",
+        why.join(", ")
+    ))
 }
 
 /// The file a hook argv[0] runs: itself if it has a slash, else the first PATH match.
@@ -1149,9 +1160,11 @@ fn resolve_program(prog: &str) -> Option<PathBuf> {
         return Some(PathBuf::from(prog));
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|c| {
-        std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
@@ -1773,7 +1786,10 @@ key_path = "/etc/tls/www.key"
         assert_eq!(e.line, 15, "{e}");
         let m = e.to_string();
         assert!(m.contains("out/../out/a.crt"), "{m}");
-        assert!(m.contains(&format!("cert[one].cert_path = {}", a.display())), "{m}");
+        assert!(
+            m.contains(&format!("cert[one].cert_path = {}", a.display())),
+            "{m}"
+        );
         assert!(m.contains("test.toml:9"), "{m}");
         assert!(m.contains("same file"), "{m}");
     }
@@ -1801,17 +1817,26 @@ key_path = "/etc/tls/www.key"
         let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
         let m = e.to_string();
         assert!(m.contains("link/a.crt") && m.contains("real/a.crt"), "{m}");
-        assert!(m.contains("cert[one].cert_path") && m.contains("cert[two].key_path"), "{m}");
+        assert!(
+            m.contains("cert[one].cert_path") && m.contains("cert[two].key_path"),
+            "{m}"
+        );
 
         // A symlink created after load: check_paths finds it.
         let b = d.join("later/a.crt");
         let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
         let cfg = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap();
-        assert!(cfg.check_paths().iter().all(|e| !e.message.contains("same file")));
+        assert!(
+            cfg.check_paths()
+                .iter()
+                .all(|e| !e.message.contains("same file"))
+        );
         std::os::unix::fs::symlink(d.join("real"), d.join("later")).unwrap();
         let probs = cfg.check_paths();
         assert!(
-            probs.iter().any(|e| e.key == "cert[two].key_path" && e.message.contains("same file")),
+            probs
+                .iter()
+                .any(|e| e.key == "cert[two].key_path" && e.message.contains("same file")),
             "{probs:?}"
         );
     }
@@ -1827,7 +1852,10 @@ key_path = "/etc/tls/www.key"
         );
         let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("cert[one].key_path") && m.contains("cert[one].cert_path"), "{m}");
+        assert!(
+            m.contains("cert[one].key_path") && m.contains("cert[one].cert_path"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -1837,7 +1865,8 @@ key_path = "/etc/tls/www.key"
             let e = first_err(&src);
             assert_eq!(e.key, "cert[www].domains", "{ip}: {e}");
             assert!(
-                e.message.contains("IP address identifiers (RFC 8738) are not supported"),
+                e.message
+                    .contains("IP address identifiers (RFC 8738) are not supported"),
                 "{ip}: {e}"
             );
         }
@@ -1881,7 +1910,10 @@ key_path = "/etc/tls/www.key"
     /// the machine's business.
     fn inside(v: &[ConfigError], d: &Path) -> Vec<ConfigError> {
         v.iter()
-            .filter(|e| e.message.contains(&format!("strict_modes: {}", d.display())))
+            .filter(|e| {
+                e.message
+                    .contains(&format!("strict_modes: {}", d.display()))
+            })
             .cloned()
             .collect()
     }
@@ -1910,7 +1942,12 @@ key_path = "/etc/tls/www.key"
         let cases: &[(&str, u32, &str, &str)] = &[
             ("out", 0o777, "cert[www].cert_path", "world-writable"),
             ("out", 0o775, "cert[www].cert_path", "group-writable"),
-            ("hooks/reload.sh", 0o775, "cert[www].reload", "group-writable"),
+            (
+                "hooks/reload.sh",
+                0o775,
+                "cert[www].reload",
+                "group-writable",
+            ),
             ("hooks", 0o757, "cert[www].reload", "world-writable"),
             ("ck.toml", 0o666, "config", "world-writable"),
             ("state", 0o770, "state_dir", "group-writable"),
@@ -1923,7 +1960,10 @@ key_path = "/etc/tls/www.key"
                 std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777
             };
             chmod(&p, *mode);
-            let v = inside(&strict_mode_violations_as(&cfg, &d.join("ck.toml"), true), d);
+            let v = inside(
+                &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+                d,
+            );
             chmod(&p, before);
             assert_eq!(v.len(), 1, "{rel} {mode:o}: {v:?}");
             let e = &v[0];
@@ -1936,7 +1976,10 @@ key_path = "/etc/tls/www.key"
         }
         // An ancestor component is named, with the path it leads to.
         chmod(d, 0o777);
-        let v = inside(&strict_mode_violations_as(&cfg, &d.join("ck.toml"), true), d);
+        let v = inside(
+            &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+            d,
+        );
         chmod(d, 0o755);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("on the way to"), "{}", v[0]);
@@ -1953,8 +1996,15 @@ key_path = "/etc/tls/www.key"
             None,
         )
         .unwrap();
-        let v = inside(&strict_mode_violations_as(&cfg, &d.join("ck.toml"), true), d);
+        let v = inside(
+            &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+            d,
+        );
         assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].message.contains("not owned by root") && v[0].message.contains("uid 65534"), "{}", v[0]);
+        assert!(
+            v[0].message.contains("not owned by root") && v[0].message.contains("uid 65534"),
+            "{}",
+            v[0]
+        );
     }
 }

@@ -298,8 +298,7 @@ fn read_holder(f: &mut File) -> String {
             return line;
         }
         if std::time::Instant::now() >= deadline {
-            return "another process that has not yet written its pid (it has just started)"
-                .into();
+            return "another process that has not yet written its pid (it has just started)".into();
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -379,7 +378,11 @@ mod tests {
     fn hold_raw(dir: &Path, content: &str) -> nix::fcntl::Flock<File> {
         let path = dir.join("lock");
         std::fs::write(&path, content).unwrap();
-        let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap()
     }
 
@@ -410,9 +413,15 @@ mod tests {
         let s = StateDir::create(dir.path()).unwrap();
         let held = s.lock("certkeeper renew").unwrap();
         let text = std::fs::read_to_string(dir.path().join("lock")).unwrap();
-        assert!(text.starts_with(&format!("pid {} (certkeeper renew", std::process::id())), "{text}");
+        assert!(
+            text.starts_with(&format!("pid {} (certkeeper renew", std::process::id())),
+            "{text}"
+        );
         drop(held);
-        assert_eq!(std::fs::read_to_string(dir.path().join("lock")).unwrap(), "");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("lock")).unwrap(),
+            ""
+        );
         // And a longer previous line is fully replaced, not left as a tail.
         std::fs::write(dir.path().join("lock"), "x".repeat(500)).unwrap();
         let _held = s.lock("r").unwrap();

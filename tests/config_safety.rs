@@ -14,11 +14,10 @@ fn aliased_config(env: &TestEnv, second_cert: &str) -> std::path::PathBuf {
         "{}\n{}{}",
         env.defaults_http01(""),
         env.cert_block("a", &["a.example.com"], ""),
-        env.cert_block("b", &["b.example.com"], "")
-            .replace(
-                &format!("cert_path = {}", toml_str(env.cert_paths("b").0)),
-                &format!("cert_path = {}", toml_str(second_cert)),
-            ),
+        env.cert_block("b", &["b.example.com"], "").replace(
+            &format!("cert_path = {}", toml_str(env.cert_paths("b").0)),
+            &format!("cert_path = {}", toml_str(second_cert)),
+        ),
     );
     assert!(body.contains(second_cert), "{body}");
     env.write_config(&body)
@@ -40,7 +39,10 @@ fn assert_alias_refused(env: &TestEnv, cfg: &std::path::Path, written: &str) {
         assert!(all.contains("certkeeper.toml:"), "{all}");
     }
     assert!(!a_cert.exists(), "nothing may be written");
-    assert!(!env.state_dir().join("lock").exists(), "renew must not start");
+    assert!(
+        !env.state_dir().join("lock").exists(),
+        "renew must not start"
+    );
 }
 
 /// `certs/../certs/a.pem` is `certs/a.pem`: both `check` and `renew` refuse with exit 2.
@@ -116,7 +118,10 @@ fn strict_modes_refuses_world_writable_cert_dir() {
         assert!(all.contains("cert[a].cert_path"), "{all}");
         assert!(all.contains("owned by root"), "{all}");
     }
-    assert!(!env.state_dir().join("lock").exists(), "renew must not start");
+    assert!(
+        !env.state_dir().join("lock").exists(),
+        "renew must not start"
+    );
 }
 
 /// Two configs with different state_dirs and the same certificate paths: the first renews
