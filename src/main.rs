@@ -98,6 +98,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut problems = cfg.check_paths();
             problems.extend(certkeeper::config::strict_mode_violations(&cfg, &path));
+            for c in &cfg.certs {
+                if let Err(e) = certkeeper::owner::check(&cfg.state_dir, c) {
+                    let key = match &e {
+                        certkeeper::owner::OwnerError::OwnedByOther { key, .. } => *key,
+                        _ => "cert_path",
+                    };
+                    let loc = c.loc(key);
+                    problems.push(certkeeper::config::ConfigError {
+                        file: cfg.path.clone(),
+                        line: loc.line,
+                        column: loc.column,
+                        key: format!("cert[{}].{key}", c.name),
+                        message: e.to_string(),
+                    });
+                }
+            }
             for p in &problems {
                 println!("{p}");
             }

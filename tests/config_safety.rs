@@ -161,6 +161,12 @@ fn second_state_dir_for_the_same_files_is_refused() {
     assert_eq!(cert_serial(&cert), serial);
     assert_eq!((read(&cert), read(&key)), before);
 
+    // `check` of the second config reports the conflict without writing anything.
+    let out = env.run(&cfg2, &["check"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.all().contains(&state1.display().to_string()), "{out}");
+    assert!(out.all().contains("cert[www].cert_path"), "{out}");
+
     // The owner itself still renews.
     let out = env.run(&cfg1, &["renew", "--force"]);
     assert_eq!(out.code, 0, "{out}");
