@@ -14,6 +14,12 @@
 //! claimed it first. Rewrites of our own marker (a renamed certificate) go through
 //! temp + rename. `state_dir` is stored canonicalised, so two spellings of one
 //! directory are the same owner.
+//!
+//! A marker binds while its file exists or its state_dir's lock is held (a run in flight).
+//! A marker whose owner never installed the file and is not running is stale and is taken
+//! over, so replacing a broken first config's state_dir does not need manual clean-up.
+//! Left open: two first runs racing within the few milliseconds between one's lock probe
+//! and the other's claim can both proceed once; the next run of the loser is refused.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -163,7 +169,7 @@ fn other_owner(
     marker: &Path,
     m: Marker,
 ) -> Result<(), OwnerError> {
-    if m.state_dir == me {
+    if m.state_dir == me || is_stale(&m, file) {
         return Ok(());
     }
     Err(OwnerError::OwnedByOther {
@@ -173,6 +179,23 @@ fn other_owner(
         other: m.state_dir,
         other_cert: m.cert,
     })
+}
+
+/// A claim by another state_dir that never installed the file and is not running now
+/// (its lock is free) protects nothing: typically a first attempt under a state_dir the
+/// operator has since replaced. It may be taken over. Anything we cannot inspect binds.
+fn is_stale(m: &Marker, file: &Path) -> bool {
+    if std::fs::symlink_metadata(file).is_ok() {
+        return false;
+    }
+    let lock = m.state_dir.join("lock");
+    let f = match std::fs::File::open(&lock) {
+        Ok(f) => f,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+    };
+    use nix::fcntl::{Flock, FlockArg};
+    // Dropping the Flock releases it at once; we only probe.
+    Flock::lock(f, FlockArg::LockSharedNonblock).is_ok()
 }
 
 /// Claims every file of `cert` for `state_root`, or fails naming the other owner. Call it
@@ -304,6 +327,9 @@ mod tests {
         let (d, s1, s2) = setup();
         let c = cert(d.path(), "www", false);
         claim(&s1, &c).unwrap();
+        // Installed files make the claim binding.
+        std::fs::write(&c.cert_path, "CERT").unwrap();
+        std::fs::write(&c.key_path, "KEY").unwrap();
         let marker = d.path().join("out/.a.pem.certkeeper-owner");
         let m = read_marker(&marker, &c.cert_path).unwrap().unwrap();
         assert_eq!(m.state_dir, std::fs::canonicalize(&s1).unwrap());
@@ -338,7 +364,9 @@ mod tests {
     #[test]
     fn refused_claim_writes_no_marker_for_the_files_it_does_not_own_yet() {
         let (d, s1, s2) = setup();
-        claim(&s1, &cert(d.path(), "www", false)).unwrap();
+        let c1 = cert(d.path(), "www", false);
+        claim(&s1, &c1).unwrap();
+        std::fs::write(&c1.cert_path, "CERT").unwrap();
         // The second config also has a chain file nobody owns yet: it must not be claimed.
         let c2 = cert(d.path(), "www", true);
         assert!(claim(&s2, &c2).is_err());
@@ -381,5 +409,28 @@ mod tests {
         std::fs::create_dir(&s1).unwrap();
         claim(&s1, &cert(d.path(), "www", false)).unwrap();
         assert!(!d.path().join("out").exists());
+    }
+
+    #[test]
+    fn claim_of_an_owner_that_never_installed_binds_only_while_it_runs() {
+        let (d, s1, s2) = setup();
+        let c = cert(d.path(), "www", false);
+        let state1 = crate::state::StateDir::create(&s1).unwrap();
+        claim(&s1, &c).unwrap();
+        // state1 is mid-run (lock held), nothing installed yet: still binding.
+        let held = state1.lock("certkeeper renew").unwrap();
+        let e = claim(&s2, &c).unwrap_err().to_string();
+        assert!(e.contains("state1"), "{e}");
+        drop(held);
+        // state1 is not running and never installed: stale, state2 takes over.
+        claim(&s2, &c).unwrap();
+        let m = read_marker(&marker_path(&c.cert_path), &c.cert_path)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.state_dir, std::fs::canonicalize(&s2).unwrap());
+        // Once state2 installed, state1 is refused even though state2 is not running.
+        std::fs::write(&c.cert_path, "CERT").unwrap();
+        let e = claim(&s1, &c).unwrap_err().to_string();
+        assert!(e.contains("state2"), "{e}");
     }
 }
