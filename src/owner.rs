@@ -15,11 +15,13 @@
 //! temp + rename. `state_dir` is stored canonicalised, so two spellings of one
 //! directory are the same owner.
 //!
-//! A marker binds while its file exists or its state_dir's lock is held (a run in flight).
-//! A marker whose owner never installed the file and is not running is stale and is taken
-//! over, so replacing a broken first config's state_dir does not need manual clean-up.
-//! Left open: two first runs racing within the few milliseconds between one's lock probe
-//! and the other's claim can both proceed once; the next run of the loser is refused.
+//! Markers are written only for files that exist: before ordering for an installed set,
+//! and right after the first install for a new one, so a certificate that fails on its
+//! first run leaves nothing behind. A marker binds while its file exists or its
+//! state_dir's lock is held; one whose file is gone and whose owner is not running is
+//! stale and taken over. Left open: two state_dirs both issuing the same never-installed
+//! certificate in the same minute both install once; the next run of the later one is
+//! refused.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -198,16 +200,17 @@ fn is_stale(m: &Marker, file: &Path) -> bool {
     Flock::lock(f, FlockArg::LockSharedNonblock).is_ok()
 }
 
-/// Claims every file of `cert` for `state_root`, or fails naming the other owner. Call it
-/// under the state lock before ordering. All files are checked before any marker is
+/// Claims every existing file of `cert` for `state_root`, or fails naming the other owner.
+/// Call it under the state lock before ordering, and again after installing (files that
+/// did not exist before are claimed then). All files are checked before any marker is
 /// written, so a refused certificate leaves no new marker behind.
 pub fn claim(state_root: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
     check(state_root, cert)?;
     let me = canonical_state_dir(state_root);
     for (key, file) in cert.managed_paths() {
-        let Some(dir) = file.parent() else { continue };
-        if !dir.is_dir() {
-            // Nothing can be written there yet; installing will report the missing directory.
+        if std::fs::symlink_metadata(file).is_err() {
+            // Not installed yet: a certificate that then fails leaves nothing behind. The
+            // caller claims again after installing.
             continue;
         }
         let marker = marker_path(file);
@@ -327,9 +330,13 @@ mod tests {
         let (d, s1, s2) = setup();
         let c = cert(d.path(), "www", false);
         claim(&s1, &c).unwrap();
-        // Installed files make the claim binding.
+        assert!(
+            !marker_path(&c.cert_path).exists(),
+            "nothing installed, nothing claimed"
+        );
         std::fs::write(&c.cert_path, "CERT").unwrap();
         std::fs::write(&c.key_path, "KEY").unwrap();
+        claim(&s1, &c).unwrap();
         let marker = d.path().join("out/.a.pem.certkeeper-owner");
         let m = read_marker(&marker, &c.cert_path).unwrap().unwrap();
         assert_eq!(m.state_dir, std::fs::canonicalize(&s1).unwrap());
@@ -365,8 +372,9 @@ mod tests {
     fn refused_claim_writes_no_marker_for_the_files_it_does_not_own_yet() {
         let (d, s1, s2) = setup();
         let c1 = cert(d.path(), "www", false);
-        claim(&s1, &c1).unwrap();
         std::fs::write(&c1.cert_path, "CERT").unwrap();
+        claim(&s1, &c1).unwrap();
+        std::fs::write(d.path().join("out/chain.pem"), "CHAIN").unwrap();
         // The second config also has a chain file nobody owns yet: it must not be claimed.
         let c2 = cert(d.path(), "www", true);
         assert!(claim(&s2, &c2).is_err());
@@ -376,6 +384,7 @@ mod tests {
     #[test]
     fn renamed_certificate_updates_its_own_marker() {
         let (d, s1, _) = setup();
+        std::fs::write(d.path().join("out/a.pem"), "CERT").unwrap();
         claim(&s1, &cert(d.path(), "old", false)).unwrap();
         claim(&s1, &cert(d.path(), "new", false)).unwrap();
         let c = cert(d.path(), "new", false);
@@ -389,6 +398,7 @@ mod tests {
     fn corrupt_or_symlinked_marker_is_an_error_and_left_alone() {
         let (d, s1, _) = setup();
         let c = cert(d.path(), "www", false);
+        std::fs::write(&c.cert_path, "CERT").unwrap();
         let marker = marker_path(&c.cert_path);
         std::fs::write(&marker, b"not json").unwrap();
         let e = claim(&s1, &c).unwrap_err().to_string();
@@ -412,25 +422,23 @@ mod tests {
     }
 
     #[test]
-    fn claim_of_an_owner_that_never_installed_binds_only_while_it_runs() {
+    fn marker_whose_file_is_gone_binds_only_while_its_owner_runs() {
         let (d, s1, s2) = setup();
         let c = cert(d.path(), "www", false);
         let state1 = crate::state::StateDir::create(&s1).unwrap();
+        std::fs::write(&c.cert_path, "CERT").unwrap();
         claim(&s1, &c).unwrap();
-        // state1 is mid-run (lock held), nothing installed yet: still binding.
+        std::fs::remove_file(&c.cert_path).unwrap();
+        // state1 is mid-run (lock held): still binding.
         let held = state1.lock("certkeeper renew").unwrap();
-        let e = claim(&s2, &c).unwrap_err().to_string();
+        let e = check(&s2, &c).unwrap_err().to_string();
         assert!(e.contains("state1"), "{e}");
         drop(held);
-        // state1 is not running and never installed: stale, state2 takes over.
-        claim(&s2, &c).unwrap();
-        let m = read_marker(&marker_path(&c.cert_path), &c.cert_path)
-            .unwrap()
-            .unwrap();
-        assert_eq!(m.state_dir, std::fs::canonicalize(&s2).unwrap());
-        // Once state2 installed, state1 is refused even though state2 is not running.
-        std::fs::write(&c.cert_path, "CERT").unwrap();
-        let e = claim(&s1, &c).unwrap_err().to_string();
-        assert!(e.contains("state2"), "{e}");
+        // state1 is not running and the file is gone: stale, state2 takes over.
+        std::fs::write(&c.cert_path, "CERT 2").unwrap();
+        let e = claim(&s2, &c).unwrap_err().to_string();
+        assert!(e.contains("state1"), "file exists again: binding: {e}");
+        std::fs::remove_file(&c.cert_path).unwrap();
+        check(&s2, &c).unwrap();
     }
 }

@@ -273,6 +273,8 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
             }
         })
         .collect();
+    let claimed = selected.clone();
+    let state_root = state.root().to_path_buf();
     if let Err(e) = roll_forward(&state, &cfg) {
         // Do not touch anything else while an install is half done.
         error!("cannot complete an interrupted install: {e}");
@@ -302,6 +304,12 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
         }
     }
     out.sort_by_key(|(i, _)| *i);
+    // Claim what was installed for the first time in this pass.
+    for c in &claimed {
+        if let Err(e) = crate::owner::claim(state_root.as_path(), c) {
+            warn!(cert = %c.name, "{e}");
+        }
+    }
     Ok(refused
         .into_iter()
         .chain(out.into_iter().map(|(_, o)| o))
