@@ -6,7 +6,7 @@
 //! never touches the network and only reads the config file itself; checks of the paths the
 //! config names live in [`Config::check_paths`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -448,6 +448,7 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default, rename = "cert")]
     certs: Vec<Spanned<RawCert>>,
+    strict_modes: Option<Spanned<bool>>,
 }
 
 /// External Account Binding credentials, as the CA hands them out.
@@ -560,6 +561,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Locations of top-level keys.
     pub locs: BTreeMap<String, Loc>,
+    /// As root, refuse config, hooks and managed directories others could write (sshd's
+    /// StrictModes); see [`strict_mode_violations`].
+    pub strict_modes: bool,
 }
 
 /// Default location of `state_dir`.
@@ -570,12 +574,20 @@ struct Ctx<'a> {
     src: &'a str,
     base: &'a Path,
     errors: Vec<ConfigError>,
+    /// Byte offset of the start of every line, so `loc` is a binary search instead of a
+    /// scan from the top of the file (which made loading 10,000 certificates quadratic).
+    line_starts: Vec<usize>,
 }
 
 impl Ctx<'_> {
     fn loc(&self, span: &Range<usize>) -> Loc {
-        let (line, column) = line_col(self.src, span.start);
-        Loc { line, column }
+        let offset = span.start.min(self.src.len());
+        let i = self.line_starts.partition_point(|&s| s <= offset).max(1) - 1;
+        let column = self.src[self.line_starts[i]..offset].chars().count() + 1;
+        Loc {
+            line: i + 1,
+            column,
+        }
     }
 
     fn err(&mut self, span: &Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -682,6 +694,9 @@ impl Config {
             src,
             base,
             errors: Vec::new(),
+            line_starts: std::iter::once(0)
+                .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
         };
         let cfg = validate(raw, &mut ctx);
         if ctx.errors.is_empty() {
@@ -731,11 +746,13 @@ impl Config {
             push(top("state_dir"), "state_dir".into(), m);
         }
         if let Some(b) = &self.acme.ca_bundle {
-            if let Err(e) = std::fs::read(b) {
+            // Bounded and regular files only: `/dev/zero` or a FIFO here must not hang
+            // or exhaust `check`.
+            if let Err(e) = crate::fsx::read_regular(b, crate::fsx::PEM_LIMIT, true) {
                 push(
                     top("acme.ca_bundle"),
                     "acme.ca_bundle".into(),
-                    format!("cannot read {}: {e}", b.display()),
+                    e.to_string(),
                 );
             } else if crate::inventory::read_pem_certs(b).map_or(true, |v| v.is_empty()) {
                 push(
@@ -789,6 +806,12 @@ impl Config {
                 push(c.loc("group"), key("group"), m);
             }
         }
+        // Again here, not only at load: a symlink may have been created since.
+        out.extend(path_alias_errors(
+            &self.certs,
+            &self.path,
+            &mut HashMap::new(),
+        ));
         out
     }
 }
@@ -852,6 +875,7 @@ fn program_usable(prog: &str) -> Result<(), String> {
 
 /// Checks a DNS name (optionally a leading wildcard) well enough to catch typos.
 fn check_domain(d: &str) -> Result<(), String> {
+    check_not_ip(d)?;
     let name = d.strip_prefix("*.").unwrap_or(d);
     if name.is_empty() || name.len() > 253 {
         return Err(format!("{d:?} is not a valid DNS name"));
@@ -874,6 +898,302 @@ fn check_domain(d: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Rejects IP literals before they reach the CA: certkeeper orders `dns` identifiers only,
+/// and a CA either refuses an IP written as a DNS name or needs RFC 8738 `ip` identifiers.
+fn check_not_ip(d: &str) -> Result<(), String> {
+    let bare = d.trim_start_matches('[').trim_end_matches(']');
+    let bare = bare.split('%').next().unwrap_or(bare);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{d:?} is an IP address; IP address identifiers (RFC 8738) are not supported; list DNS names only"
+        ));
+    }
+    Ok(())
+}
+
+impl CertConfig {
+    /// Every file this certificate writes, with its config key, so callers that must treat
+    /// all of them alike (aliasing, ownership markers) cannot forget one.
+    pub fn managed_paths(&self) -> Vec<(&'static str, &Path)> {
+        let mut v = vec![
+            ("cert_path", self.cert_path.as_path()),
+            ("key_path", self.key_path.as_path()),
+        ];
+        if let Some(p) = &self.chain_path {
+            v.push(("chain_path", p));
+        }
+        if let Some(p) = &self.bundle_path {
+            v.push(("bundle_path", p));
+        }
+        v
+    }
+}
+
+/// Removes `.` and resolves `..` textually; only used for the part of a path that does not
+/// exist yet (so no symlink can be in it).
+pub fn normalize_lexically(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() && !p.is_absolute() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The real location of a directory: its longest existing ancestor canonicalised (symlinks
+/// and `..` resolved by the kernel), the rest normalised lexically. `cache` keeps this O(1)
+/// per certificate when thousands share a directory.
+fn canonical_dir(dir: &Path, cache: &mut HashMap<PathBuf, PathBuf>) -> PathBuf {
+    if let Some(c) = cache.get(dir) {
+        return c.clone();
+    }
+    let mut existing = dir;
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(c) = std::fs::canonicalize(existing) {
+            break c;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            // `..` at the end, or the root itself does not resolve: fall back to text.
+            _ => break normalize_lexically(existing),
+        }
+    };
+    let mut full = resolved;
+    for name in rest.iter().rev() {
+        full.push(name);
+    }
+    let full = normalize_lexically(&full);
+    cache.insert(dir.to_path_buf(), full.clone());
+    full
+}
+
+/// Where a managed file really is: the parent directory resolved, plus the file name.
+pub fn canonical_file(p: &Path, cache: &mut HashMap<PathBuf, PathBuf>) -> PathBuf {
+    let norm = normalize_lexically(p);
+    match (norm.parent(), norm.file_name()) {
+        (Some(parent), Some(name)) => canonical_dir(parent, cache).join(name),
+        _ => norm,
+    }
+}
+
+/// Finds managed files that are one file under two spellings (`out/../out/a.crt`, a
+/// symlinked directory): each renewal of one certificate would overwrite the other's.
+/// One pass with a HashMap, so 10,000 certificates cost 10,000 look-ups. Paths written
+/// identically are left to `validate`'s own duplicate check, which reports them already.
+fn path_alias_errors(
+    certs: &[CertConfig],
+    file: &Path,
+    cache: &mut HashMap<PathBuf, PathBuf>,
+) -> Vec<ConfigError> {
+    let mut seen: HashMap<PathBuf, (&str, &'static str, &Path, Loc)> = HashMap::new();
+    let mut out = Vec::new();
+    for c in certs {
+        for (k, p) in c.managed_paths() {
+            if p.as_os_str().is_empty() {
+                continue;
+            }
+            let real = canonical_file(p, cache);
+            let loc = c.loc(k);
+            match seen.get(&real) {
+                Some(&(oname, ok, op, oloc)) => {
+                    if op == p {
+                        continue;
+                    }
+                    out.push(ConfigError {
+                        file: file.to_path_buf(),
+                        line: loc.line,
+                        column: loc.column,
+                        key: format!("cert[{}].{k}", c.name),
+                        message: format!(
+                            "{} is the same file as cert[{oname}].{ok} = {} ({}:{}): both are {}; \
+                             two managed files must not alias, or each renewal overwrites the other",
+                            p.display(),
+                            op.display(),
+                            file.display(),
+                            oloc.line,
+                            real.display()
+                        ),
+                    });
+                }
+                None => {
+                    seen.insert(real, (c.name.as_str(), k, p, loc));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Under `strict_modes = true` and when running as root: every path certkeeper trusts that
+/// someone other than root could modify. Checked like sshd's StrictModes: the path is
+/// resolved (symlinks followed), then it and every ancestor up to `/` must be owned by root
+/// and not writable by group or others. A sticky world-writable directory such as `/tmp`
+/// is unsafe too: the sticky bit stops others deleting root's entries, but not creating a
+/// name root has not created yet, nor does it protect what lies below a non-root-owned
+/// entry. A path that does not exist yet is judged by its nearest existing ancestor.
+///
+/// Checked: the config file (key `config`), `state_dir`, `acme.ca_bundle`, the directory of
+/// every managed file, `http01_webroot`, and every hook program (`reload`, `dns01_hook`;
+/// bare names are looked up in PATH). Each unsafe path is reported once, with the first
+/// key that refers to it.
+pub fn strict_mode_violations(cfg: &Config, config_path: &Path) -> Vec<ConfigError> {
+    strict_mode_violations_as(cfg, config_path, nix::unistd::geteuid().is_root())
+}
+
+/// [`strict_mode_violations`] with the "running as root" answer given, for tests.
+pub fn strict_mode_violations_as(
+    cfg: &Config,
+    config_path: &Path,
+    as_root: bool,
+) -> Vec<ConfigError> {
+    if !cfg.strict_modes || !as_root {
+        return Vec::new();
+    }
+    // (path as configured, config key, location)
+    let mut targets: Vec<(PathBuf, String, Loc)> = Vec::new();
+    let top = |k: &str| cfg.locs.get(k).copied().unwrap_or_default();
+    targets.push((config_path.to_path_buf(), "config".into(), Loc::default()));
+    targets.push((cfg.state_dir.clone(), "state_dir".into(), top("state_dir")));
+    if let Some(b) = &cfg.acme.ca_bundle {
+        targets.push((b.clone(), "acme.ca_bundle".into(), top("acme.ca_bundle")));
+    }
+    let mut seen_dirs = HashSet::new();
+    for c in &cfg.certs {
+        let key = |k: &str| format!("cert[{}].{k}", c.name);
+        for (k, p) in c.managed_paths() {
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            if seen_dirs.insert(dir.to_path_buf()) {
+                targets.push((dir.to_path_buf(), key(k), c.loc(k)));
+            }
+        }
+        match &c.challenge {
+            Challenge::Http01Webroot(w) => {
+                targets.push((w.clone(), key("http01_webroot"), c.loc("http01_webroot")))
+            }
+            Challenge::Dns01Hook(argv) => {
+                if let Some(p) = resolve_program(&argv[0]) {
+                    targets.push((p, key("dns01_hook"), c.loc("dns01_hook")));
+                }
+            }
+            Challenge::Http01Listen(_) => {}
+        }
+        for argv in &c.reload {
+            if let Some(p) = resolve_program(&argv[0]) {
+                targets.push((p, key("reload"), c.loc("reload")));
+            }
+        }
+    }
+    let mut reported = HashSet::new();
+    let mut checked = HashSet::new();
+    let mut out = Vec::new();
+    for (path, key, loc) in targets {
+        let mut p = path.as_path();
+        let real = loop {
+            if let Ok(r) = std::fs::canonicalize(p) {
+                break r;
+            }
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break PathBuf::from("/"),
+            }
+        };
+        for comp in real.ancestors() {
+            if !checked.insert(comp.to_path_buf()) {
+                // Its ancestors were checked with it.
+                break;
+            }
+            let Some(why) = unsafe_mode(comp) else {
+                continue;
+            };
+            if reported.insert(comp.to_path_buf()) {
+                let via = if comp == path {
+                    String::new()
+                } else {
+                    format!(" (on the way to {})", path.display())
+                };
+                out.push(ConfigError {
+                    file: cfg.path.clone(),
+                    line: loc.line,
+                    column: loc.column,
+                    key: key.clone(),
+                    message: format!(
+                        "strict_modes: {}{via} is {why}; as root certkeeper trusts only paths that root alone can modify (fix with chown root and chmod go-w)",
+                        comp.display()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Why `p` is unsafe for root to trust, or `None`.
+fn unsafe_mode(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("not inspectable ({e})")),
+    };
+    let mode = m.mode() & 0o7777;
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(
+            || format!("uid {}", m.uid()),
+            |u| format!("{} (uid {})", u.name, m.uid()),
+        );
+    let mut why = Vec::new();
+    if m.uid() != 0 {
+        why.push("not owned by root");
+    }
+    if mode & 0o020 != 0 {
+        why.push("group-writable");
+    }
+    if mode & 0o002 != 0 {
+        why.push(if mode & 0o1000 != 0 {
+            "world-writable (sticky, still unsafe)"
+        } else {
+            "world-writable"
+        });
+    }
+    if why.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "mode {mode:04o} owned by {owner}: {}",
+        why.join(", ")
+    ))
+}
+
+/// The file a hook argv[0] runs: itself if it has a slash, else the first PATH match.
+fn resolve_program(prog: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if prog.is_empty() {
+        return None;
+    }
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
@@ -1249,7 +1569,14 @@ fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         });
     }
 
+    ctx.errors
+        .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
+    let strict_modes = raw.strict_modes.as_ref().is_some_and(|s| {
+        locs.insert("strict_modes".into(), ctx.loc(&s.span()));
+        *s.get_ref()
+    });
     Config {
+        strict_modes,
         path: ctx.file.to_path_buf(),
         state_dir,
         acme: AcmeConfig {
@@ -1505,5 +1832,253 @@ key_path = "/etc/tls/www.key"
             }
         }
         assert!(n >= 1, "no example configs found in {}", dir.display());
+    }
+
+    fn two_certs(dir: &Path, a: &str, b: &str) -> String {
+        format!(
+            "state_dir = \"{d}/state\"\n[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"[::]:80\"\n\
+             [[cert]]\nname = \"one\"\ndomains = [\"a.example\"]\ncert_path = \"{a}\"\nkey_path = \"{d}/one.key\"\n\
+             [[cert]]\nname = \"two\"\ndomains = [\"b.example\"]\ncert_path = \"{d}/two.pem\"\nkey_path = \"{b}\"\n",
+            d = dir.display()
+        )
+    }
+
+    #[test]
+    fn dotdot_alias_is_refused_at_load_naming_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("out")).unwrap();
+        let a = d.join("out/a.crt");
+        let b = d.join("out/../out/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let errs = Config::from_str_at(&src, Path::new("test.toml"), d)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let e = &errs[0];
+        assert_eq!(e.key, "cert[two].key_path", "{e}");
+        assert_eq!(e.line, 15, "{e}");
+        let m = e.to_string();
+        assert!(m.contains("out/../out/a.crt"), "{m}");
+        assert!(
+            m.contains(&format!("cert[one].cert_path = {}", a.display())),
+            "{m}"
+        );
+        assert!(m.contains("test.toml:9"), "{m}");
+        assert!(m.contains("same file"), "{m}");
+    }
+
+    #[test]
+    fn alias_through_a_directory_that_does_not_exist_yet_is_caught_lexically() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = d.join("new/x/a.crt");
+        let b = d.join("new/./y/../x/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+        assert!(e.to_string().contains("same file"), "{e}");
+    }
+
+    #[test]
+    fn symlinked_directory_alias_is_refused_at_load_and_in_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let a = d.join("real/a.crt");
+        let b = d.join("link/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("link/a.crt") && m.contains("real/a.crt"), "{m}");
+        assert!(
+            m.contains("cert[one].cert_path") && m.contains("cert[two].key_path"),
+            "{m}"
+        );
+
+        // A symlink created after load: check_paths finds it.
+        let b = d.join("later/a.crt");
+        let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+        let cfg = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap();
+        assert!(
+            cfg.check_paths()
+                .iter()
+                .all(|e| !e.message.contains("same file"))
+        );
+        std::os::unix::fs::symlink(d.join("real"), d.join("later")).unwrap();
+        let probs = cfg.check_paths();
+        assert!(
+            probs
+                .iter()
+                .any(|e| e.key == "cert[two].key_path" && e.message.contains("same file")),
+            "{probs:?}"
+        );
+    }
+
+    #[test]
+    fn alias_within_one_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("out")).unwrap();
+        let src = two_certs(d, "out/a.crt", "out/b.key").replace(
+            &format!("key_path = \"{}/one.key\"", d.display()),
+            "key_path = \"out/../out/a.crt\"",
+        );
+        let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("cert[one].key_path") && m.contains("cert[one].cert_path"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn ip_literals_are_refused_with_rfc8738_message() {
+        for ip in ["127.0.0.1", "::1", "[::1]", "2001:db8::1"] {
+            let src = BASE.replace("\"www.example.com\"", &format!("{ip:?}"));
+            let e = first_err(&src);
+            assert_eq!(e.key, "cert[www].domains", "{ip}: {e}");
+            assert!(
+                e.message
+                    .contains("IP address identifiers (RFC 8738) are not supported"),
+                "{ip}: {e}"
+            );
+        }
+        // Names that merely look numeric-ish are still DNS names.
+        let src = BASE.replace("\"www.example.com\"", "\"1.2.3.example\"");
+        parse(&src).unwrap();
+    }
+
+    fn strict_cfg(d: &Path, strict: bool) -> Config {
+        let src = format!(
+            "strict_modes = {strict}\nstate_dir = \"{d}/state\"\n[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"[::]:80\"\n\
+             [[cert]]\nname = \"www\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/out/a.pem\"\nkey_path = \"{d}/out/a.key\"\n\
+             reload = [[\"{d}/hooks/reload.sh\"]]\n",
+            d = d.display()
+        );
+        Config::from_str_at(&src, &d.join("ck.toml"), d).unwrap()
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A tree where every path certkeeper trusts is root-owned 0755/0644.
+    fn strict_tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        chmod(d, 0o755);
+        for sub in ["out", "hooks", "state"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+            chmod(&d.join(sub), 0o755);
+        }
+        std::fs::write(d.join("hooks/reload.sh"), "#!/bin/sh\n").unwrap();
+        chmod(&d.join("hooks/reload.sh"), 0o755);
+        std::fs::write(d.join("ck.toml"), "").unwrap();
+        chmod(&d.join("ck.toml"), 0o644);
+        dir
+    }
+
+    /// Only violations inside the test's own tree: the tree's ancestors (e.g. /tmp) are
+    /// the machine's business.
+    fn inside(v: &[ConfigError], d: &Path) -> Vec<ConfigError> {
+        v.iter()
+            .filter(|e| {
+                e.message
+                    .contains(&format!("strict_modes: {}", d.display()))
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn strict_modes_accepts_root_owned_tree_and_is_off_by_default_or_when_not_root() {
+        let dir = strict_tree();
+        let d = dir.path();
+        let cfg = strict_cfg(d, true);
+        assert!(cfg.strict_modes);
+        let v = strict_mode_violations_as(&cfg, &d.join("ck.toml"), true);
+        assert!(inside(&v, d).is_empty(), "{v:?}");
+        chmod(&d.join("out"), 0o777);
+        assert!(!strict_mode_violations_as(&cfg, &d.join("ck.toml"), true).is_empty());
+        assert!(strict_mode_violations_as(&cfg, &d.join("ck.toml"), false).is_empty());
+        let off = strict_cfg(d, false);
+        assert!(strict_mode_violations_as(&off, &d.join("ck.toml"), true).is_empty());
+        assert!(!parse(BASE).unwrap().strict_modes);
+    }
+
+    #[test]
+    fn strict_modes_names_path_mode_owner_and_key() {
+        let dir = strict_tree();
+        let d = dir.path();
+        let cfg = strict_cfg(d, true);
+        let cases: &[(&str, u32, &str, &str)] = &[
+            ("out", 0o777, "cert[www].cert_path", "world-writable"),
+            ("out", 0o775, "cert[www].cert_path", "group-writable"),
+            (
+                "hooks/reload.sh",
+                0o775,
+                "cert[www].reload",
+                "group-writable",
+            ),
+            ("hooks", 0o757, "cert[www].reload", "world-writable"),
+            ("ck.toml", 0o666, "config", "world-writable"),
+            ("state", 0o770, "state_dir", "group-writable"),
+            ("out", 0o1777, "cert[www].cert_path", "sticky, still unsafe"),
+        ];
+        for (rel, mode, key, why) in cases {
+            let p = d.join(rel);
+            let before = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777
+            };
+            chmod(&p, *mode);
+            let v = inside(
+                &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+                d,
+            );
+            chmod(&p, before);
+            assert_eq!(v.len(), 1, "{rel} {mode:o}: {v:?}");
+            let e = &v[0];
+            assert_eq!(e.key, *key, "{e}");
+            let m = e.to_string();
+            assert!(m.contains(&format!("{} ", p.display())), "{m}");
+            assert!(m.contains(&format!("mode {mode:04o}")), "{m}");
+            assert!(m.contains("owned by root (uid 0)"), "{m}");
+            assert!(m.contains(why), "{m}");
+        }
+        // An ancestor component is named, with the path it leads to.
+        chmod(d, 0o777);
+        let v = inside(
+            &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+            d,
+        );
+        chmod(d, 0o755);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.contains("on the way to"), "{}", v[0]);
+    }
+
+    #[test]
+    fn strict_modes_flags_files_not_owned_by_root() {
+        let dir = strict_tree();
+        let d = dir.path();
+        let cfg = strict_cfg(d, true);
+        nix::unistd::chown(
+            &d.join("hooks/reload.sh"),
+            Some(nix::unistd::Uid::from_raw(65534)),
+            None,
+        )
+        .unwrap();
+        let v = inside(
+            &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+            d,
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message.contains("not owned by root") && v[0].message.contains("uid 65534"),
+            "{}",
+            v[0]
+        );
     }
 }

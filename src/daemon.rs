@@ -531,6 +531,12 @@ fn reload(path: &Path, old: &Config) -> Option<Config> {
             );
             None
         }
+        Ok(new) if !crate::config::strict_mode_violations(&new, path).is_empty() => {
+            for e in crate::config::strict_mode_violations(&new, path) {
+                error!("config reload failed (strict_modes), keeping the old config: {e}");
+            }
+            None
+        }
         Ok(new) => {
             if new.metrics_listen != old.metrics_listen {
                 warn!("config reload: metrics_listen changes take effect on restart");

@@ -13,6 +13,7 @@
 //! - [`fsx`]: bounded reads of regular files only, atomic writes, stale temp cleanup.
 //! - [`store`]: staging, crash-safe install, roll-forward, `.prev` backups, file modes.
 //! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
+//! - [`owner`]: ownership markers next to managed files, so two `state_dir`s never share them.
 //! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
 //! - [`renew`]: one pass over all certificates, plus `status` and `--dry-run`.
 //! - [`daemon`]: `certkeeper run`: schedule, file watch, signals, metrics server.
@@ -30,6 +31,7 @@ pub mod hooks;
 pub mod inventory;
 pub mod keys;
 pub mod metrics;
+pub mod owner;
 pub mod policy;
 pub mod renew;
 pub mod state;

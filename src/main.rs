@@ -66,12 +66,20 @@ fn config_path(cli: &Cli) -> PathBuf {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::from_file(path).map_err(|errs| {
+    let cfg = Config::from_file(path).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("certkeeper: config error: {e}");
         }
         ExitCode::from(EXIT_USAGE)
-    })
+    })?;
+    let unsafe_paths = certkeeper::config::strict_mode_violations(&cfg, path);
+    if !unsafe_paths.is_empty() {
+        for e in &unsafe_paths {
+            eprintln!("certkeeper: config error: {e}");
+        }
+        return Err(ExitCode::from(EXIT_USAGE));
+    }
+    Ok(cfg)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -88,7 +96,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_USAGE));
                 }
             };
-            let problems = cfg.check_paths();
+            let mut problems = cfg.check_paths();
+            problems.extend(certkeeper::config::strict_mode_violations(&cfg, &path));
+            for c in &cfg.certs {
+                if let Err(e) = certkeeper::owner::check(&cfg.state_dir, c) {
+                    let key = match &e {
+                        certkeeper::owner::OwnerError::OwnedByOther { key, .. } => *key,
+                        _ => "cert_path",
+                    };
+                    let loc = c.loc(key);
+                    problems.push(certkeeper::config::ConfigError {
+                        file: cfg.path.clone(),
+                        line: loc.line,
+                        column: loc.column,
+                        key: format!("cert[{}].{key}", c.name),
+                        message: e.to_string(),
+                    });
+                }
+            }
             for p in &problems {
                 println!("{p}");
             }

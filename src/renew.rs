@@ -697,6 +697,16 @@ impl Runner {
             }
             Err(e) => return failed(cert, e.to_string(), now + policy::backoff_delay(1)),
         };
+        // A certificate whose files another state_dir owns is refused, never ordered.
+        if let Err(e) = self.claim(cert).await {
+            error!("{e}");
+            rec.last_error = Some(e.clone());
+            rec.last_outcome = Some("conflict".into());
+            if let Err(se) = self.state.save(&cert.name, &rec) {
+                error!("cannot record state: {se}");
+            }
+            return failed(cert, e, now + policy::backoff_delay(1));
+        }
         let (disk, fingerprint) = read_disk(cert, now).await;
         self.repair_modes(cert).await;
         if let OnDisk::Invalid { reason, .. } = &disk {
@@ -736,6 +746,17 @@ impl Runner {
             return failed(cert, e.to_string(), now + policy::backoff_delay(1));
         }
         result
+    }
+
+    /// Claims this certificate's existing files for our state_dir with the owner markers
+    /// next to them (see [`crate::owner`]), off the async workers.
+    async fn claim(&self, cert: &CertConfig) -> Result<(), String> {
+        let (root, c) = (self.state.root().to_path_buf(), cert.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::owner::claim(&root, &c).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
     }
 
     /// A key or bundle readable by others is rewritten with `key_mode` (a fresh copy
@@ -898,6 +919,10 @@ impl Runner {
             }
             _ => None,
         };
+        // Files installed for the first time are claimed now.
+        if let Err(e) = self.claim(cert).await {
+            warn!("{e}");
+        }
         let outcome = run_hooks(cert, &info, rec, "renewed").await;
         let next = decide(cert, &disk, ari.as_ref(), rec, now).renew_at;
         CertResult {

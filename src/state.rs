@@ -6,7 +6,7 @@
 //! Each certificate has its own file, so per-certificate tasks never share mutable state.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -256,31 +256,26 @@ impl StateDir {
             f.try_clone().map_err(io(&path))?,
             FlockArg::LockExclusiveNonblock,
         ) {
-            Ok(mut lock) => {
+            Ok(lock) => {
                 let me = format!(
                     "pid {} ({what}, since {})",
                     std::process::id(),
                     crate::rfc3339(OffsetDateTime::now_utc())
                 );
-                let _ = lock.set_len(0);
-                let _ = lock.write_all(me.as_bytes());
+                // One positioned write, then trim: the file never goes through an empty state
+                // while we hold it. A reader may still see the line of a holder that died
+                // without clearing it; `read_holder` discards lines whose pid is gone.
+                use std::os::unix::fs::FileExt;
+                let _ = lock.write_all_at(me.as_bytes(), 0);
+                let _ = lock.set_len(me.len() as u64);
                 let _ = lock.sync_all();
                 Ok(Lock { _file: lock })
             }
-            Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
-                let mut holder = String::new();
-                let _ = f.rewind();
-                let _ = f.read_to_string(&mut holder);
-                Err(StateError::Locked {
-                    state_dir: self.root.clone(),
-                    lock: path,
-                    holder: if holder.trim().is_empty() {
-                        "an unknown process".into()
-                    } else {
-                        holder.trim().to_string()
-                    },
-                })
-            }
+            Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => Err(StateError::Locked {
+                state_dir: self.root.clone(),
+                lock: path,
+                holder: read_holder(&mut f),
+            }),
             Err((_, errno)) => Err(io(&path)(std::io::Error::from(errno))),
         }
     }
@@ -290,6 +285,54 @@ impl StateDir {
 #[derive(Debug)]
 pub struct Lock {
     _file: nix::fcntl::Flock<File>,
+}
+
+impl Drop for Lock {
+    /// Clears the holder line before the flock is released (fields drop after this), so
+    /// the next contender never reads our pid once we are gone.
+    fn drop(&mut self) {
+        let _ = self._file.set_len(0);
+    }
+}
+
+/// How long a contender waits for a just-started holder to write its line. The holder
+/// writes it right after flock succeeds, so this is a few milliseconds in practice.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Describes the lock's holder for a contender that lost the flock. The line is trusted
+/// only if its pid is alive: between another process's flock and its write the file may be
+/// empty (first use) or still hold the line of a holder that was killed.
+fn read_holder(f: &mut File) -> String {
+    let deadline = std::time::Instant::now() + HOLDER_GRACE;
+    loop {
+        let mut line = String::new();
+        let _ = f.rewind();
+        let _ = f.read_to_string(&mut line);
+        let line = line.trim().to_string();
+        if holder_pid(&line).is_some_and(pid_alive) {
+            return line;
+        }
+        if std::time::Instant::now() >= deadline {
+            return "another process that has not yet written its pid (it has just started)".into();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn holder_pid(line: &str) -> Option<i32> {
+    line.strip_prefix("pid ")?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -343,5 +386,61 @@ mod tests {
         let b = directory_id("https://127.0.0.1:14001/dir");
         assert_ne!(a, b);
         assert!(a.starts_with("127.0.0.1-"));
+    }
+
+    /// Holds the flock on the lock file the way a just-started certkeeper does between
+    /// flock and writing its line, with `content` in the file.
+    fn hold_raw(dir: &Path, content: &str) -> nix::fcntl::Flock<File> {
+        let path = dir.join("lock");
+        std::fs::write(&path, content).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap()
+    }
+
+    #[test]
+    fn holder_without_a_line_is_described_as_just_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::create(dir.path()).unwrap();
+        let _raw = hold_raw(dir.path(), "");
+        let e = s.lock("renew").unwrap_err().to_string();
+        assert!(e.contains("has not yet written its pid"), "{e}");
+        assert!(!e.contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn stale_line_of_a_dead_holder_is_not_blamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::create(dir.path()).unwrap();
+        // A pid above the kernel's maximum (4194304) can never be alive.
+        let _raw = hold_raw(dir.path(), "pid 999999999 (certkeeper renew, since then)");
+        let e = s.lock("renew").unwrap_err().to_string();
+        assert!(!e.contains("999999999"), "{e}");
+        assert!(e.contains("has not yet written its pid"), "{e}");
+    }
+
+    #[test]
+    fn released_lock_leaves_no_holder_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::create(dir.path()).unwrap();
+        let held = s.lock("certkeeper renew").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("lock")).unwrap();
+        assert!(
+            text.starts_with(&format!("pid {} (certkeeper renew", std::process::id())),
+            "{text}"
+        );
+        drop(held);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("lock")).unwrap(),
+            ""
+        );
+        // And a longer previous line is fully replaced, not left as a tail.
+        std::fs::write(dir.path().join("lock"), "x".repeat(500)).unwrap();
+        let _held = s.lock("r").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("lock")).unwrap();
+        assert!(!text.contains('x') && text.starts_with("pid "), "{text}");
     }
 }

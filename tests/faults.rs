@@ -589,3 +589,33 @@ fn world_readable_key_is_flagged_and_repaired() {
     let f = env.status_of(&cfg, "f");
     assert_eq!(f["warnings"], serde_json::json!([]), "{f}");
 }
+
+/// A `ca_bundle` that is `/dev/zero` or a FIFO makes `check` fail at once with a
+/// clear error, instead of exhausting memory or hanging (found by review of the
+/// fuzzing work).
+#[test]
+fn ca_bundle_that_is_a_device_or_fifo_does_not_hang_check() {
+    let env = TestEnv::new();
+    let fifo = env.path("bundle.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for bundle in [PathBuf::from("/dev/zero"), fifo] {
+        let cfg = env.write_raw_config(
+            "c.toml",
+            &format!(
+                "state_dir = {}\n[acme]\ndirectory = {}\nca_bundle = {}\n{}{}",
+                toml_str(env.state_dir()),
+                toml_str(&env.directory),
+                toml_str(&bundle),
+                env.defaults_http01(""),
+                env.cert_block("b", &["b.example.com"], "")
+            ),
+        );
+        let out = env.run(&cfg, &["check"]);
+        assert_eq!(out.code, 2, "{}: {out}", bundle.display());
+        assert!(
+            out.stdout.contains("acme.ca_bundle") && out.stdout.contains("not a regular file"),
+            "{}: {out}",
+            bundle.display()
+        );
+    }
+}
