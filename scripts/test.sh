@@ -50,6 +50,7 @@ step clippy cargo clippy --all-targets -- -D warnings
 step test cargo test --all-targets
 # Bounded fuzzing of the config/PEM parsers (scripts/fuzz.sh): 30 s per target here,
 # plus the fuzz build on the first run. FUZZ_SECONDS=0 skips it.
-step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
+step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-30}" FUZZ_DEV="${FUZZ_DEV:-1}" \
+    FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" scripts/fuzz.sh
 summary
 echo "scripts/test.sh: all checks passed in $(($(date +%s) - start))s" >&2
