@@ -195,7 +195,7 @@ impl Rig {
     }
 
     /// One crashed renewal and the run after it; violations go into the tally.
-    fn round(&self, t: &mut Tally, label: &str, crash: impl FnOnce(&Rig) -> bool) {
+    fn round(&self, t: &mut Tally, label: &str, crash: impl FnOnce(&Self) -> bool) {
         t.runs += 1;
         let before = self.files.contents();
         let killed = crash(self);
