@@ -1571,6 +1571,60 @@ mod tests {
         assert!(Reservation::take(&st, "www", &CertRecord::default()).is_err());
     }
 
+    fn runner(dir: &std::path::Path) -> Runner {
+        let src = format!(
+            "state_dir = \"{d}/state\"\n[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\n[[cert]]\nname = \"t\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/c.pem\"\nkey_path = \"{d}/k.pem\"\nhttp01_listen = \"127.0.0.1:1\"\n",
+            d = dir.display()
+        );
+        let cfg = Config::from_str_at(&src, std::path::Path::new("t.toml"), dir).unwrap();
+        let st = StateDir::create(&dir.join("state")).unwrap();
+        Runner::new(Arc::new(cfg), st, Responders::default())
+    }
+
+    /// Defect 11: a config reload must not hand out a second set of order slots while
+    /// tasks of the old config still hold the first.
+    #[test]
+    fn a_reconfigured_runner_shares_order_slots_and_the_ca_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runner(dir.path());
+        let r2 = r.reconfigured(r.cfg.clone());
+        assert!(Arc::ptr_eq(&r.orders, &r2.orders));
+        assert!(Arc::ptr_eq(&r.ca_lock, &r2.ca_lock));
+        let _held = r.orders.try_acquire_many(MAX_CONCURRENT as u32).unwrap();
+        assert!(
+            r2.orders.try_acquire().is_err(),
+            "the new runner got its own slots"
+        );
+    }
+
+    /// Defect 11: concurrent certificate tasks updating the shared per-CA record must not
+    /// lose each other's facts (load-modify-save without a lock did).
+    #[test]
+    fn concurrent_ca_record_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runner(dir.path());
+        let directory = r.cfg.acme.directory.clone();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (r, directory) = (&r, directory.clone());
+                s.spawn(move || {
+                    for i in 0..50 {
+                        if t == 0 && i == 25 {
+                            r.update_ca(&directory, |c| c.replaces_unsupported = true);
+                        } else {
+                            r.update_ca(&directory, |c| {
+                                c.ari_checked_at = Some(OffsetDateTime::now_utc());
+                            });
+                        }
+                    }
+                });
+            }
+        });
+        let ca = r.state.load_ca(&directory).unwrap();
+        assert!(ca.replaces_unsupported, "a concurrent update was lost");
+        assert!(ca.ari_checked_at.is_some());
+    }
+
     #[test]
     fn fingerprints_tell_contents_and_absence_apart() {
         let a = fingerprint_of([Some(&b"x"[..]), None]);

@@ -626,3 +626,27 @@ fn ca_bundle_that_is_a_device_or_fifo_does_not_hang_check() {
         );
     }
 }
+
+/// Defect 3, daemon side: with a FIFO at `cert_path` the daemon neither hangs in
+/// its pass nor ignores SIGTERM, and the FIFO is left in place.
+#[test]
+fn daemon_with_a_fifo_at_cert_path_still_stops_on_sigterm() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        env.defaults_http01(""),
+        env.cert_block("q", &["q.example.com"], "")
+    ));
+    let (cert, _) = env.cert_paths("q");
+    nix::unistd::mkfifo(&cert, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let mut d = Daemon::start(&env, "daemon", &cfg);
+    assert!(
+        d.wait_log(Duration::from_secs(20), "is a FIFO"),
+        "the pass did not report the FIFO"
+    );
+    let (status, _) = d.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    let status = status.expect("the daemon ignored SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(fs::symlink_metadata(&cert).unwrap().file_type().is_fifo());
+}
