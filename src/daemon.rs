@@ -144,11 +144,11 @@ impl WatchMap {
             ..Self::default()
         };
         for c in &cfg.certs {
-            let mut paths = vec![&c.cert_path, &c.key_path];
-            paths.extend(c.chain_path.iter());
-            paths.extend(c.bundle_path.iter());
-            for p in paths {
-                m.files.entry(p.clone()).or_default().push(c.name.clone());
+            for (_, p) in c.managed_paths() {
+                m.files
+                    .entry(p.to_path_buf())
+                    .or_default()
+                    .push(c.name.clone());
                 if let Some(d) = p.parent() {
                     let v = m.dirs.entry(d.to_path_buf()).or_default();
                     if !v.contains(&c.name) {
@@ -448,7 +448,7 @@ pub async fn run(
                         busy.remove(&name);
                         recheck.remove(&name);
                         if e.is_panic() {
-                            let what = renew::panic_message(&e);
+                            let what = e.to_string();
                             error!(cert = %name, "certificate task panicked: {what}");
                             let next = renew::record_panic(&state, &name, &what);
                             schedule.set_wall(&name, next);

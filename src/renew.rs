@@ -231,14 +231,6 @@ pub struct CertResult {
 /// order); see [`CertResult::fingerprint`].
 pub type Fingerprint = [u8; 32];
 
-/// The managed files of a certificate, in the order every fingerprint uses.
-fn managed_files(cert: &CertConfig) -> Vec<&std::path::Path> {
-    let mut v = vec![cert.cert_path.as_path(), cert.key_path.as_path()];
-    v.extend(cert.chain_path.as_deref());
-    v.extend(cert.bundle_path.as_deref());
-    v
-}
-
 /// The fingerprint of contents as they are (None for an absent or unreadable file).
 pub fn fingerprint_of<'a>(contents: impl IntoIterator<Item = Option<&'a [u8]>>) -> Fingerprint {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -259,29 +251,14 @@ pub fn fingerprint_of<'a>(contents: impl IntoIterator<Item = Option<&'a [u8]>>) 
 
 /// Reads a certificate's files and fingerprints them. Blocking: call off the async workers.
 pub fn fingerprint_files(cert: &CertConfig) -> Fingerprint {
-    let data: Vec<Option<Vec<u8>>> = managed_files(cert)
+    // Same order as `set_fingerprint`: cert, key, chain, bundle. A file that is not a
+    // regular file or is over the size limit counts as absent.
+    let data: Vec<Option<Vec<u8>>> = cert
+        .managed_paths()
         .into_iter()
-        .map(|p| read_capped(p).ok())
+        .map(|(_, p)| crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true).ok())
         .collect();
     fingerprint_of(data.iter().map(|d| d.as_deref()))
-}
-
-/// A bounded read for fingerprinting: a file larger than any certificate set is hashed by
-/// its first 4 MiB only, and a FIFO is not opened for reading at all.
-fn read_capped(p: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(p)?;
-    let ft = f.metadata()?.file_type();
-    if ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut out = Vec::new();
-    f.take(4 << 20).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// Reads the disk for one pass, off the async workers: the fingerprint first, then the
@@ -544,11 +521,6 @@ pub fn record_panic(state: &StateDir, name: &str, what: &str) -> OffsetDateTime 
     next
 }
 
-/// The message of a panic payload, for the log and the state.
-pub fn panic_message(e: &tokio::task::JoinError) -> String {
-    e.to_string()
-}
-
 /// Runs one renewal pass over the selected certificates.
 pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>, RunError> {
     let selected: Vec<CertConfig> = cfg
@@ -595,7 +567,7 @@ pub async fn renew(cfg: Arc<Config>, opts: RenewOptions) -> Result<Vec<Outcome>,
                     error!("a certificate task failed: {e}");
                     continue;
                 };
-                let what = panic_message(&e);
+                let what = e.to_string();
                 error!(cert = %name, "certificate task panicked: {what}");
                 let next = record_panic(&runner.state, &name, &what);
                 out.push((
