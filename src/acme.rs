@@ -525,19 +525,17 @@ impl Ca {
 
     /// Stores a Retry-After that outlives the run, so later runs respect it too.
     fn remember_hold(&self, until: OffsetDateTime) {
-        let mut rec = match self.state.load_ca(&self.directory) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("cannot record the CA's Retry-After: {e}");
-                return;
+        // Under the state's CA-record lock: certificate tasks update the same record.
+        let mut later = false;
+        let res = self.state.update_ca(&self.directory, |rec| {
+            later = rec.retry_after_until.is_none_or(|t| t < until);
+            if later {
+                rec.retry_after_until = Some(until);
             }
-        };
-        if rec.retry_after_until.is_some_and(|t| t >= until) {
-            return;
-        }
-        rec.retry_after_until = Some(until);
-        match self.state.save_ca(&rec) {
-            Ok(()) => info!(
+        });
+        match res {
+            Ok(_) if !later => {}
+            Ok(_) => info!(
                 directory = %self.directory,
                 until = %crate::rfc3339(until),
                 "the CA asked us to wait; not contacting it before then"

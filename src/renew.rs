@@ -197,9 +197,6 @@ pub struct Runner {
     /// the CA all at the same moment. Shared with the runner that replaces this one on a
     /// config reload, so tasks still running under the old config count too.
     orders: Arc<Semaphore>,
-    /// Serialises read-modify-write of the per-CA records, which concurrent certificate
-    /// tasks (and the tasks of a replaced runner) all update.
-    ca_lock: Arc<std::sync::Mutex<()>>,
 }
 
 enum AcmeCache {
@@ -395,7 +392,6 @@ impl Runner {
             responders,
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
             orders: Arc::new(Semaphore::new(MAX_CONCURRENT)),
-            ca_lock: Arc::default(),
         }
     }
 
@@ -408,29 +404,15 @@ impl Runner {
             responders: self.responders.clone(),
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
             orders: self.orders.clone(),
-            ca_lock: self.ca_lock.clone(),
         }
     }
 
-    /// Updates the record of a CA under the lock: load, change, save. Returns the updated
-    /// record even when saving failed (the failure is logged; the facts are only a cache).
-    fn update_ca(&self, directory: &str, change: impl FnOnce(&mut CaRecord)) -> CaRecord {
-        let _guard = self.ca_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ca = match self.state.load_ca(directory) {
-            Ok(ca) => ca,
-            Err(e) => {
-                warn!("{e}; starting a new record for this CA");
-                CaRecord {
-                    directory: directory.to_string(),
-                    ..CaRecord::default()
-                }
-            }
-        };
-        change(&mut ca);
-        if let Err(e) = self.state.save_ca(&ca) {
+    /// Updates the record of a CA (see [`StateDir::update_ca`]); a failed save is logged,
+    /// since the facts are only a cache.
+    fn update_ca(&self, directory: &str, change: impl FnOnce(&mut CaRecord)) {
+        if let Err(e) = self.state.update_ca(directory, change) {
             warn!("cannot record what was learned about the CA: {e}");
         }
-        ca
     }
 
     /// Drops the account the CA no longer knows (kept as `<file>.lost` for inspection), so
@@ -1561,7 +1543,7 @@ mod tests {
         let r = runner(dir.path());
         let r2 = r.reconfigured(r.cfg.clone());
         assert!(Arc::ptr_eq(&r.orders, &r2.orders));
-        assert!(Arc::ptr_eq(&r.ca_lock, &r2.ca_lock));
+        assert!(r.state.shares_ca_lock(&r2.state));
         let _held = r.orders.try_acquire_many(MAX_CONCURRENT as u32).unwrap();
         assert!(
             r2.orders.try_acquire().is_err(),

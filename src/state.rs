@@ -142,6 +142,9 @@ pub fn directory_id(directory: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Serialises read-modify-write of the per-CA records, which concurrent certificate
+    /// tasks and the ACME client all update; shared by every clone.
+    ca_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateDir {
@@ -157,6 +160,7 @@ impl StateDir {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            ca_lock: Default::default(),
         })
     }
 
@@ -164,6 +168,7 @@ impl StateDir {
     pub fn open_readonly(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
+            ca_lock: Default::default(),
         }
     }
 
@@ -238,6 +243,32 @@ impl StateDir {
     /// Saves what we learned about a CA.
     pub fn save_ca(&self, rec: &CaRecord) -> Result<(), StateError> {
         self.save_json(&self.ca_file(&rec.directory), rec)
+    }
+
+    /// Updates a CA's record under the lock: load, change, save, so concurrent updates
+    /// never lose each other's facts. A corrupt record is replaced (it is only a cache of
+    /// what the CA told us) with a warning. Returns the record as changed.
+    pub fn update_ca(
+        &self,
+        directory: &str,
+        change: impl FnOnce(&mut CaRecord),
+    ) -> Result<CaRecord, StateError> {
+        let _guard = self.ca_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ca = self.load_ca(directory).unwrap_or_else(|e| {
+            tracing::warn!("{e}; starting a new record for this CA");
+            CaRecord {
+                directory: directory.to_string(),
+                ..CaRecord::default()
+            }
+        });
+        change(&mut ca);
+        self.save_ca(&ca)?;
+        Ok(ca)
+    }
+
+    /// Whether two handles share one CA-record lock (they do when one is a clone).
+    pub fn shares_ca_lock(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.ca_lock, &other.ca_lock)
     }
 
     /// Takes the exclusive lock for this state directory, or says who holds it.
