@@ -275,6 +275,19 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Puts the new content at the path only if nothing is there yet (a hard link, which
+    /// fails if the name exists): false when someone else got there first. Fsyncs the
+    /// directory.
+    pub fn link_new(self) -> std::io::Result<bool> {
+        match std::fs::hard_link(&self.tmp, &self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        fsync_dir(parent(&self.path))?;
+        Ok(true)
+    }
+
     /// Renames the new content over the path and fsyncs the directory.
     pub fn commit(mut self) -> std::io::Result<()> {
         std::fs::rename(&self.tmp, &self.path)?;

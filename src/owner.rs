@@ -23,11 +23,13 @@
 //! certificate in the same minute both install once; the next run of the later one is
 //! refused.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsx;
 
 use crate::config::CertConfig;
 
@@ -245,54 +247,23 @@ pub fn claim(state_root: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
 /// Writes a marker via a temp file; `exclusive` links it into place (false if one appeared
 /// meanwhile), otherwise renames over ours.
 fn write_marker(marker: &Path, m: &Marker, exclusive: bool) -> Result<bool, OwnerError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| OwnerError::Io { path, source }
+    let err = |source| OwnerError::Io {
+        path: marker.to_path_buf(),
+        source,
     };
-    let tmp = marker.with_file_name(format!(
-        "{}.tmp.{}",
-        marker
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
+    // Temp files an interrupted claim left (the same naming as every other atomic write).
+    if let Some(name) = marker.file_name() {
+        let _ = fsx::remove_stale_temps(fsx::parent(marker), &name.to_string_lossy());
+    }
     let mut data = serde_json::to_vec_pretty(m).expect("marker serializes");
     data.push(b'\n');
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        // The umask must not make it narrower than documented.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io(&tmp))?;
-        f.write_all(&data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        if exclusive {
-            match std::fs::hard_link(&tmp, marker) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(io(marker)(e)),
-            }
-        } else {
-            std::fs::rename(&tmp, marker)
-                .map(|()| true)
-                .map_err(io(marker))
-        }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    if let Some(dir) = marker.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+    // Mode 0644 whatever the umask: the marker holds no secret and others may read it.
+    let prepared = fsx::prepare(marker, &data, 0o644, None).map_err(err)?;
+    if exclusive {
+        prepared.link_new().map_err(err)
+    } else {
+        prepared.commit().map(|()| true).map_err(err)
     }
-    result
 }
 
 #[cfg(test)]
