@@ -16,7 +16,8 @@
 //! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
 //! - [`owner`]: ownership markers next to managed files, so two `state_dir`s never share them.
 //! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
-//! - [`renew`]: one pass over all certificates, plus `status` and `--dry-run`.
+//! - [`pass`]: one renewal pass; each certificate's pipeline as small named steps.
+//! - [`report`]: `status`, `--dry-run` lines and metrics as pure views over gathered facts.
 //! - [`daemon`]: `certkeeper run`: schedule, file watch, signals, metrics server.
 //! - [`fault`]: named crash points for the fault-injection tests (debug builds only).
 //! - [`clock`]: the injectable wall clock (system, tokio-driven for tests, manual).
@@ -37,8 +38,9 @@ pub mod inventory;
 pub mod keys;
 pub mod metrics;
 pub mod owner;
+pub mod pass;
 pub mod policy;
-pub mod renew;
+pub mod report;
 pub mod state;
 pub mod store;
 pub mod timefmt;

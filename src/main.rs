@@ -1,7 +1,7 @@
 //! The binary: parse the command line, set up logging, run the command, map the result to
 //! an exit code (0 all good, 1 some certificate or hook failed, 2 config or usage error).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,8 +9,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use certkeeper::cli::{Cli, Command, LogFormat};
-use certkeeper::config::{Config, DEFAULT_CONFIG_PATH};
-use certkeeper::renew::{self, RenewOptions, RunError};
+use certkeeper::clock::{self, SharedClock};
+use certkeeper::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use certkeeper::pass::{self, RenewOptions, RunError};
+use certkeeper::report;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -84,142 +86,190 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config_path(&cli);
+    let clock = clock::system();
     match cli.command {
-        Command::Check => {
-            let cfg = match Config::from_file(&path) {
-                Ok(c) => c,
-                Err(errs) => {
-                    for e in &errs.0 {
-                        println!("{e}");
-                    }
-                    println!("{} problem(s) found", errs.0.len());
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            let mut problems = cfg.check_paths();
-            problems.extend(certkeeper::config::strict_mode_violations(&cfg, &path));
-            for c in &cfg.certs {
-                if let Err(e) = certkeeper::owner::check(&cfg.state_dir, c) {
-                    let key = match &e {
-                        certkeeper::owner::OwnerError::OwnedByOther { key, .. } => *key,
-                        _ => "cert_path",
-                    };
-                    let loc = c.loc(key);
-                    problems.push(certkeeper::config::ConfigError {
-                        file: cfg.path.clone(),
-                        line: loc.line,
-                        column: loc.column,
-                        key: format!("cert[{}].{key}", c.name),
-                        message: e.to_string(),
-                    });
-                }
-            }
-            for p in &problems {
-                println!("{p}");
-            }
-            // Warnings, not errors: `renew` repairs these through the store.
-            for c in &cfg.certs {
-                for w in certkeeper::inventory::mode_warnings(c) {
-                    println!("warning: certificate {}: {w} (renew repairs it)", c.name);
-                }
-            }
-            if problems.is_empty() {
-                println!(
-                    "{}: OK ({} certificate(s), CA {})",
-                    path.display(),
-                    cfg.certs.len(),
-                    cfg.acme.directory
-                );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                println!("{} problem(s) found", problems.len());
-                Ok(ExitCode::from(EXIT_USAGE))
-            }
-        }
-        Command::Status { json } => {
-            let cfg = match load(&path) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let rows = renew::status(&cfg, time::OffsetDateTime::now_utc());
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", renew::status_table(&rows));
-                for r in &rows {
-                    for w in &r.warnings {
-                        println!("warning: {}: {w}", r.name);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run => {
-            let cfg = match load(&path) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(certkeeper::daemon::run(
-                path,
-                cfg,
-                certkeeper::daemon::shutdown_signal(),
-            ))?;
-            Ok(ExitCode::SUCCESS)
+        Command::Check => Ok(check(&path)),
+        Command::Status { json } => status(&path, json, &clock),
+        Command::Run => daemon(path, clock),
+        Command::Renew {
+            force,
+            dry_run: true,
+            names,
+            ..
+        } => {
+            let _ = force;
+            Ok(dry_run(&path, &names, &clock))
         }
         Command::Renew {
             force,
-            dry_run,
             metrics_file,
             names,
-        } => {
-            let cfg = match load(&path) {
-                Ok(c) => Arc::new(c),
-                Err(code) => return Ok(code),
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let opts = RenewOptions {
-                force,
-                dry_run,
-                names,
-            };
-            let result = rt.block_on(renew::renew(cfg.clone(), opts));
-            if let Some(mf) = &metrics_file
-                && !dry_run
-            {
-                let rows = renew::status(&cfg, time::OffsetDateTime::now_utc());
-                if let Err(e) = certkeeper::metrics::write_textfile(mf, &rows) {
-                    eprintln!(
-                        "certkeeper: cannot write metrics file {}: {e}",
-                        mf.display()
-                    );
-                    return Ok(ExitCode::from(EXIT_FAILED));
-                }
+            ..
+        } => renew(&path, RenewOptions { force, names }, metrics_file, clock),
+    }
+}
+
+/// `certkeeper check`: the config, the host checks and the owner markers.
+fn check(path: &Path) -> ExitCode {
+    let cfg = match Config::from_file(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                println!("{e}");
             }
-            match result {
-                Ok(outcomes) => {
-                    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
-                    if failed.is_empty() {
-                        Ok(ExitCode::SUCCESS)
-                    } else {
-                        for o in &failed {
-                            eprintln!("certkeeper: {}: {}", o.name, o.summary);
-                        }
-                        Ok(ExitCode::from(EXIT_FAILED))
-                    }
-                }
-                Err(RunError::Usage(m)) => {
-                    eprintln!("certkeeper: {m}");
-                    Ok(ExitCode::from(EXIT_USAGE))
-                }
-                Err(e) => Err(e.into()),
+            println!("{} problem(s) found", errs.0.len());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut problems = cfg.check_paths();
+    problems.extend(certkeeper::config::strict_mode_violations(&cfg, path));
+    problems.extend(owner_problems(&cfg));
+    for p in &problems {
+        println!("{p}");
+    }
+    // Warnings, not errors: `renew` repairs these through the store.
+    for c in &cfg.certs {
+        for w in certkeeper::inventory::mode_warnings(c) {
+            println!("warning: certificate {}: {w} (renew repairs it)", c.name);
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: OK ({} certificate(s), CA {})",
+            path.display(),
+            cfg.certs.len(),
+            cfg.acme.directory
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!("{} problem(s) found", problems.len());
+        ExitCode::from(EXIT_USAGE)
+    }
+}
+
+/// Files another state_dir owns, as config errors at the certificate's path key.
+fn owner_problems(cfg: &Config) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    for c in &cfg.certs {
+        if let Err(e) = certkeeper::owner::check(&cfg.state_dir, c) {
+            let key = match &e {
+                certkeeper::owner::OwnerError::OwnedByOther { key, .. } => *key,
+                _ => "cert_path",
+            };
+            let loc = c.loc(key);
+            problems.push(ConfigError {
+                file: cfg.path.clone(),
+                line: loc.line,
+                column: loc.column,
+                key: format!("cert[{}].{key}", c.name),
+                message: e.to_string(),
+            });
+        }
+    }
+    problems
+}
+
+/// `certkeeper status [--json]`.
+fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCode> {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let rows = report::status(&cfg, clock.now());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", report::status_table(&rows));
+        for r in &rows {
+            for w in &r.warnings {
+                println!("warning: {}: {w}", r.name);
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `certkeeper run`.
+fn daemon(path: PathBuf, clock: SharedClock) -> anyhow::Result<ExitCode> {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    runtime()?.block_on(certkeeper::daemon::run(
+        path,
+        cfg,
+        certkeeper::daemon::shutdown_signal(),
+        clock,
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `certkeeper renew --dry-run`: decide and print; no state_dir, no lock, no network.
+fn dry_run(path: &Path, names: &[String], clock: &SharedClock) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let selected = match cfg.select(names) {
+        Ok(s) => s,
+        Err(m) => {
+            eprintln!("certkeeper: {m}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for f in report::gather(&cfg, selected, clock.now()) {
+        println!("{}", report::dry_run_line(&f));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `certkeeper renew`: one pass, the metrics file, the exit code.
+fn renew(
+    path: &Path,
+    opts: RenewOptions,
+    metrics_file: Option<PathBuf>,
+    clock: SharedClock,
+) -> anyhow::Result<ExitCode> {
+    let cfg = match load(path) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return Ok(code),
+    };
+    let result = runtime()?.block_on(pass::renew(cfg.clone(), opts, clock.clone()));
+    if let Some(mf) = &metrics_file {
+        let rows = report::status(&cfg, clock.now());
+        if let Err(e) = certkeeper::metrics::write_textfile(mf, &rows) {
+            eprintln!(
+                "certkeeper: cannot write metrics file {}: {e}",
+                mf.display()
+            );
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+    }
+    match result {
+        Ok(outcomes) => {
+            let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
+            for o in &failed {
+                eprintln!("certkeeper: {}: {}", o.name, o.summary);
+            }
+            Ok(ExitCode::from(if failed.is_empty() {
+                0
+            } else {
+                EXIT_FAILED
+            }))
+        }
+        Err(RunError::Usage(m)) => {
+            eprintln!("certkeeper: {m}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The runtime: two workers are plenty (the work is waiting on the CA and on disks;
+/// CPU-heavy steps run on blocking threads).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }

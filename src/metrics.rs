@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::policy::CertState;
-use crate::renew::StatusRow;
+use crate::report::StatusRow;
 
 type Labels = Vec<(String, String)>;
 
@@ -119,7 +119,7 @@ pub fn write_textfile(path: &Path, rows: &[StatusRow]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::policy::Rule;
-    use crate::renew::RowTimes;
+    use crate::report::RowTimes;
 
     fn row(name: &str, state: CertState) -> StatusRow {
         StatusRow {
@@ -133,6 +133,7 @@ mod tests {
             state,
             serial: None,
             last_error: None,
+            error_class: None,
             last_outcome: None,
             last_success: None,
             failures: 0,

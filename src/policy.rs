@@ -12,7 +12,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::config::RenewBefore;
 use crate::inventory::OnDisk;
-use crate::timefmt::format_duration;
+use crate::timefmt::{format_duration, rfc3339};
 
 /// The state a certificate is in, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -289,6 +289,109 @@ pub fn next_attempt(
     }
 }
 
+/// The decision, except that an open ARI window for a certificate we have only just
+/// installed is held until `hold_until` (the next ARI poll): a CA that says "renew now"
+/// for every new certificate would otherwise make us renew in a tight loop.
+pub fn decide_held(
+    disk: &OnDisk,
+    renew_before: RenewBefore,
+    ari: Option<&AriWindow>,
+    hold_until: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    rng: &mut impl Rng,
+) -> Decision {
+    let held = match (ari, hold_until) {
+        (Some(w), Some(until)) if w.start <= now && until > now => Some((w.start, until)),
+        _ => None,
+    };
+    let ari = if held.is_some() { None } else { ari };
+    let mut d = decide(disk, renew_before, ari, now, rng);
+    if let Some((start, until)) = held
+        && !d.due
+        && until <= d.renew_at
+    {
+        d.renew_at = until;
+        d.rule = Rule::Ari;
+        d.reason = format!(
+            "ARI: the CA's renewal window opened at {}, already when this certificate was issued; not renewing before the next ARI poll at {}",
+            rfc3339(start),
+            rfc3339(until)
+        );
+    }
+    d
+}
+
+/// The decision for one certificate as the pass and `status` both make it: its own
+/// stable jitter, the cached ARI window and the hold after a fresh install.
+pub fn decide_cert(
+    name: &str,
+    renew_before: RenewBefore,
+    disk: &OnDisk,
+    ari: Option<&AriWindow>,
+    hold_until: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Decision {
+    let mut rng = jitter_rng(name, disk.info().map(|i| i.serial.as_str()));
+    decide_held(disk, renew_before, ari, hold_until, now, &mut rng)
+}
+
+/// A per-certificate random source that is stable across runs (so `status` and the next
+/// timer run agree on `renew_at`) but differs between hosts and certificates (so a fleet
+/// spreads its load on the CA).
+pub fn jitter_rng(name: &str, serial: Option<&str>) -> JitterRng {
+    // SHA-256 rather than `DefaultHasher`, whose output may change between Rust releases
+    // (an upgrade would silently move every `renew_at`). Fields are length-prefixed so
+    // ("ab", "c") and ("a", "bc") differ.
+    let host = hostname::get().unwrap_or_default();
+    jitter_rng_on(host.as_encoded_bytes(), name, serial)
+}
+
+/// [`jitter_rng`] for a given host name (tests pin its output).
+fn jitter_rng_on(host: &[u8], name: &str, serial: Option<&str>) -> JitterRng {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for field in [host, name.as_bytes(), serial.unwrap_or("").as_bytes()] {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field);
+    }
+    ctx.update(&[u8::from(serial.is_some())]);
+    let digest = ctx.finish();
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(digest.as_ref());
+    JitterRng { seed, counter: 0 }
+}
+
+/// A random source whose output is fixed by its seed forever: block `i` is
+/// SHA-256(seed || i). `rand`'s `StdRng` documents that its algorithm may change between
+/// versions, which would move every certificate's `renew_at` on an upgrade.
+#[derive(Debug, Clone)]
+pub struct JitterRng {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl rand::RngCore for JitterRng {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(32) {
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            ctx.update(&self.seed);
+            ctx.update(&self.counter.to_be_bytes());
+            self.counter += 1;
+            let block = ctx.finish();
+            chunk.copy_from_slice(&block.as_ref()[..chunk.len()]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,5 +621,32 @@ mod tests {
             next_attempt(1, T0, ErrorClass::Local, None),
             T0 + Duration::minutes(1)
         );
+    }
+
+    /// The jitter must not move when Rust or `rand` is upgraded: these values are pinned.
+    #[test]
+    fn jitter_is_stable_across_releases() {
+        use rand::RngCore;
+        let mut a = jitter_rng_on(b"host-a", "www", Some("01ab"));
+        let first = a.next_u64();
+        let mut again = jitter_rng_on(b"host-a", "www", Some("01ab"));
+        assert_eq!(first, again.next_u64());
+        assert_eq!(
+            first, 0x69cd_c22d_e8dd_80cb,
+            "pinned value changed: {first:#x}"
+        );
+        // Field boundaries matter, and so do host, name and serial.
+        let others = [
+            jitter_rng_on(b"host-b", "www", Some("01ab")).next_u64(),
+            jitter_rng_on(b"host-a", "api", Some("01ab")).next_u64(),
+            jitter_rng_on(b"host-a", "www", Some("01ac")).next_u64(),
+            jitter_rng_on(b"host-a", "www", None).next_u64(),
+            jitter_rng_on(b"host-aw", "ww", Some("01ab")).next_u64(),
+        ];
+        for o in others {
+            assert_ne!(o, first);
+        }
+        let x: f64 = jitter_rng_on(b"h", "n", None).random();
+        assert!((0.0..1.0).contains(&x));
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::fsx::write_atomic;
-use crate::policy::AriWindow;
+use crate::policy::{AriWindow, ErrorClass};
 
 /// What a previous run learned about one certificate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,20 @@ pub struct CertRecord {
     pub damaged_since_install: bool,
     /// Installed sets found destroyed soon after their install, in a row.
     pub damaged_in_a_row: u32,
+    /// The class of `last_error` (transient, rate-limited, permanent, local), which set
+    /// the retry ladder's step.
+    pub last_error_class: Option<ErrorClass>,
+}
+
+impl CertRecord {
+    /// The cached ARI window, if it belongs to the certificate with this serial (a new
+    /// certificate's window must be fetched anew).
+    pub fn ari_for(&self, serial: Option<&str>) -> Option<AriWindow> {
+        match (&self.ari, &self.ari_serial) {
+            (Some(w), Some(s)) if Some(s.as_str()) == serial => Some(*w),
+            _ => None,
+        }
+    }
 }
 
 /// Facts learned about a CA at run time.

@@ -1,0 +1,365 @@
+//! The renew step: reserve the outcome, generate the key, order, verify, stage, install
+//! and record. Nothing on disk changes unless the new set passed verification, and a
+//! started install always runs to its end.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
+
+use super::fingerprint::set_fingerprint;
+use super::record::{mark_installed, note_error, record_failure};
+use super::{CertResult, Fingerprint, PassError, Runner};
+use crate::acme::{Acme, AcmeError, OrderRequest};
+use crate::config::CertConfig;
+use crate::inventory::{self, CertInfo, OnDisk};
+use crate::keys;
+use crate::policy::{self, Decision, ErrorClass};
+use crate::state::{CertRecord, StateDir, StateError};
+use crate::store::{self, NewSet};
+use crate::timefmt::rfc3339;
+
+/// The outcome of an order, written pessimistically before the order is sent: "failed,
+/// back off". If the process dies mid-order, the next run backs off instead of ordering
+/// again; if the record cannot be written (a full disk), no order is sent at all, since its
+/// failure could not be recorded either. A cancelled task (graceful shutdown) puts the
+/// record back: the operator stopping us is no failure of the CA's.
+pub(super) struct Reservation {
+    state: StateDir,
+    name: String,
+    original: CertRecord,
+    reserved: CertRecord,
+    settled: bool,
+    /// Set by the install job once it starts; from then on its record stands.
+    installing: Arc<std::sync::Mutex<bool>>,
+}
+
+impl Reservation {
+    pub(super) fn take(
+        state: &StateDir,
+        name: &str,
+        rec: &CertRecord,
+        now: OffsetDateTime,
+    ) -> Result<Self, StateError> {
+        let mut reserved = rec.clone();
+        reserved.failures += 1;
+        reserved.last_failure_at = Some(now);
+        reserved.next_attempt_at = Some(policy::next_attempt(
+            reserved.failures,
+            now,
+            ErrorClass::Transient,
+            None,
+        ));
+        reserved.last_outcome = Some("interrupted".into());
+        reserved.last_error = Some(format!(
+            "the order started at {} was interrupted before its outcome was recorded",
+            rfc3339(now)
+        ));
+        reserved.last_error_class = Some(ErrorClass::Transient);
+        state.save(name, &reserved)?;
+        Ok(Self {
+            state: state.clone(),
+            name: name.to_string(),
+            original: rec.clone(),
+            reserved,
+            settled: false,
+            installing: Arc::default(),
+        })
+    }
+
+    /// The order finished (either way); the caller records the real outcome.
+    fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Only undo our own reservation, and never once an install has started: its
+        // record stands. The lock orders this against the install job's start.
+        let installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
+        if !*installing && self.state.load(&self.name).ok().as_ref() == Some(&self.reserved) {
+            let _ = self.state.save(&self.name, &self.original);
+        }
+    }
+}
+
+impl Runner {
+    /// Due (or forced) and not backing off: reserve the outcome, order, install, reload.
+    pub(super) async fn renew_now(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        decision: &Decision,
+        rec: &mut CertRecord,
+        force: bool,
+        now: OffsetDateTime,
+    ) -> CertResult {
+        if force && !decision.due {
+            info!(
+                "renewing (forced; otherwise due at {})",
+                rfc3339(decision.renew_at)
+            );
+        } else {
+            info!("renewing: {}", decision.reason);
+        }
+        let permit = self
+            .orders
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let reservation = match self.reserve(cert, rec, now) {
+            Ok(r) => r,
+            Err(result) => return result,
+        };
+        crate::fault::point("before-order");
+        let obtained = self.obtain(cert, disk, rec, &reservation.installing).await;
+        drop(permit);
+        reservation.settle();
+        match obtained {
+            Ok((info, fingerprint)) => {
+                let mut r = self.installed(cert, info, rec).await;
+                r.fingerprint = Some(fingerprint);
+                r
+            }
+            Err(e) => {
+                let next = record_failure(rec, &e, self.now());
+                error!(next_attempt = %rfc3339(next), "renewal failed: {e}");
+                CertResult::failed(cert, e.to_string(), next)
+            }
+        }
+    }
+
+    /// Checks the targets and writes the reservation; either failing costs no order.
+    fn reserve(
+        &self,
+        cert: &CertConfig,
+        rec: &mut CertRecord,
+        now: OffsetDateTime,
+    ) -> Result<Reservation, CertResult> {
+        // A FIFO or directory where a file must go would make the install fail after the
+        // CA issued: check first and spend no order on it.
+        if let Err(e) = store::preflight(cert) {
+            let e = PassError::Preflight(e);
+            error!("{e}");
+            note_error(rec, &e, "failed");
+            let next = now + policy::backoff_delay(rec.failures.max(1));
+            return Err(CertResult::failed(cert, e.to_string(), next));
+        }
+        Reservation::take(&self.state, &cert.name, rec, now).map_err(|e| {
+            let e = PassError::Unrecordable(e);
+            error!("{e}");
+            rec.last_error = Some(e.to_string());
+            rec.last_error_class = Some(e.class());
+            CertResult::failed(cert, e.to_string(), now + policy::backoff_delay(1))
+        })
+    }
+
+    /// Orders, verifies, stages and installs a new set. Nothing on disk changes unless the
+    /// new set passed verification.
+    async fn obtain(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        rec: &mut CertRecord,
+        installing: &Arc<std::sync::Mutex<bool>>,
+    ) -> Result<(CertInfo, Fingerprint), PassError> {
+        let acme = self.acme().await?;
+        let (key, csr) = new_key(cert).await?;
+        let chain = self.order_chain(&acme, cert, disk, &csr).await?;
+        let (info, set) = verified_set(cert, key.serialize_pem(), chain, self.now())?;
+        let fingerprint = set_fingerprint(cert, &set);
+        // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
+        // stay off the async workers, and a cancelled task (graceful shutdown) cannot stop
+        // an install half-way, since a started blocking job always runs to its end.
+        let (state, c, mut r) = (self.state.clone(), cert.clone(), rec.clone());
+        let (serial, installing, now) = (info.serial.clone(), installing.clone(), self.now());
+        let done = tokio::task::spawn_blocking(move || {
+            *installing.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            let res = install_set(&state, &c, &set, &mut r, &serial, now);
+            (res, r)
+        })
+        .await
+        .map_err(|e| PassError::Install(e.to_string()))?;
+        *rec = done.1;
+        done.0?;
+        Ok((info, fingerprint))
+    }
+
+    /// Sends the order, recovering once from a lost account, an ignored `replaces` or an
+    /// order the CA refused because of `replaces`.
+    async fn order_chain(
+        &self,
+        acme: &Arc<Acme>,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        csr: &[u8],
+    ) -> Result<String, PassError> {
+        let ca = self.state.load_ca(acme.directory())?;
+        let replaces = match disk.info() {
+            Some(info) if ca.ari_supported == Some(true) && !ca.replaces_unsupported => {
+                Some(info.leaf_der.as_slice())
+            }
+            _ => None,
+        };
+        let req = OrderRequest {
+            cert,
+            csr_der: csr,
+            replaces,
+        };
+        let without = OrderRequest {
+            replaces: None,
+            ..req
+        };
+        match acme.order(&req, &self.responders).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.is_account_gone() => {
+                warn!("{e}; creating a new account and ordering again");
+                self.forget_account().await;
+                let acme = self.acme().await?;
+                Ok(acme.order(&req, &self.responders).await?)
+            }
+            Err(AcmeError::ReplacesIgnored { message, .. }) => {
+                warn!(
+                    "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"
+                );
+                self.update_ca(acme.directory(), |c| c.replaces_unsupported = true);
+                Ok(acme.order(&without, &self.responders).await?)
+            }
+            Err(
+                e @ AcmeError::Problem {
+                    step: "new order", ..
+                },
+            ) if replaces.is_some() => {
+                warn!("the CA rejected the order with `replaces` ({e}); ordering again without it");
+                Ok(acme.order(&without, &self.responders).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A new key and its CSR. Key generation is CPU-heavy (RSA-4096 takes seconds): off the
+/// async workers, so the HTTP-01 responder and the other certificates keep going.
+async fn new_key(cert: &CertConfig) -> Result<(rcgen::KeyPair, Vec<u8>), PassError> {
+    let (kind, domains) = (cert.key_type, cert.domains.clone());
+    tokio::task::spawn_blocking(move || {
+        let key = keys::generate(kind).map_err(|e| PassError::Keys(e.to_string()))?;
+        let csr = keys::csr_der(&key, &domains).map_err(|e| PassError::Keys(e.to_string()))?;
+        Ok((key, csr))
+    })
+    .await
+    .map_err(|e| PassError::Keys(format!("key generation failed: {e}")))?
+}
+
+/// Verifies the CA's chain against the key and names, and builds the set to install.
+fn verified_set(
+    cert: &CertConfig,
+    key_pem: String,
+    chain: String,
+    now: OffsetDateTime,
+) -> Result<(CertInfo, NewSet), PassError> {
+    let info = inventory::verify_set(key_pem.as_bytes(), chain.as_bytes(), &cert.domains, now)
+        .map_err(|(e, _)| PassError::Verify(e))?;
+    let chain_pem = chain
+        .match_indices("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .map(|(i, _)| chain[i..].to_string())
+        .unwrap_or_default();
+    let set = NewSet {
+        key_pem,
+        fullchain_pem: chain,
+        chain_pem,
+    };
+    Ok((info, set))
+}
+
+/// Stages and installs a verified set, records it (hooks pending), then clears the
+/// staging area. Blocking. A crash anywhere in here is completed by
+/// [`super::roll_forward`].
+fn install_set(
+    state: &StateDir,
+    cert: &CertConfig,
+    set: &NewSet,
+    rec: &mut CertRecord,
+    serial: &str,
+    now: OffsetDateTime,
+) -> Result<(), PassError> {
+    let err = |e: store::StoreError| PassError::Install(e.to_string());
+    store::stage(state, cert, set).map_err(err)?;
+    crate::fault::point("staged");
+    store::install(state, &cert.name).map_err(err)?;
+    crate::fault::point("installed-before-record");
+    rec.hooks_pending = true;
+    mark_installed(rec, now, Some(serial));
+    state.save(&cert.name, rec)?;
+    crate::fault::point("recorded-before-finish");
+    store::finish(state, &cert.name).map_err(err)?;
+    crate::fault::point("finished");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_records_a_failure_before_the_order_and_undoes_it_on_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::create(dir.path()).unwrap();
+        let rec = CertRecord {
+            renewals_ok: 3,
+            ..Default::default()
+        };
+        st.save("www", &rec).unwrap();
+
+        // Taken and never settled (the process dies here): a failure with a back-off.
+        let r = Reservation::take(&st, "www", &rec, OffsetDateTime::now_utc()).unwrap();
+        let on_disk = st.load("www").unwrap();
+        assert_eq!(on_disk.failures, 1);
+        assert!(on_disk.next_attempt_at.is_some());
+        assert!(
+            on_disk
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("interrupted")
+        );
+        std::mem::forget(r);
+        assert_eq!(st.load("www").unwrap().failures, 1);
+
+        // Dropped unsettled (a cancelled task): the record is put back.
+        st.save("www", &rec).unwrap();
+        drop(Reservation::take(&st, "www", &rec, OffsetDateTime::now_utc()).unwrap());
+        assert_eq!(st.load("www").unwrap(), rec);
+
+        // Dropped after an install was recorded: that record stands.
+        let r = Reservation::take(&st, "www", &rec, OffsetDateTime::now_utc()).unwrap();
+        let mut done = rec.clone();
+        mark_installed(&mut done, OffsetDateTime::now_utc(), Some("aa"));
+        st.save("www", &done).unwrap();
+        drop(r);
+        assert_eq!(st.load("www").unwrap(), done);
+    }
+
+    #[test]
+    fn reservation_fails_when_the_state_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::create(dir.path()).unwrap();
+        // A directory where the record file should be: the save fails like a full disk.
+        std::fs::create_dir(dir.path().join("certs/www.json")).unwrap();
+        assert!(
+            Reservation::take(
+                &st,
+                "www",
+                &CertRecord::default(),
+                OffsetDateTime::now_utc()
+            )
+            .is_err()
+        );
+    }
+}

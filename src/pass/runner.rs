@@ -1,0 +1,227 @@
+//! What a long-lived process keeps between certificate passes: the config, the state
+//! directory, the HTTP-01 responders, the ACME account, the order slots and the clock.
+//! `renew` builds one per run; the daemon keeps one until the config changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+use super::{Fingerprint, MAX_CONCURRENT, Outcome, PassError};
+use crate::acme::{Acme, AcmeError};
+use crate::challenge::Responders;
+use crate::clock::SharedClock;
+use crate::config::{CertConfig, Config};
+use crate::state::{CaRecord, StateDir};
+
+/// See the module documentation.
+pub struct Runner {
+    /// The configuration in force.
+    pub cfg: Arc<Config>,
+    /// The state directory.
+    pub state: StateDir,
+    /// Built-in HTTP-01 responders (kept running once started).
+    pub responders: Responders,
+    /// Where "now" comes from.
+    pub clock: SharedClock,
+    acme: tokio::sync::Mutex<AcmeCache>,
+    /// At most `MAX_CONCURRENT` orders at once, so a fleet of certificates does not hit
+    /// the CA all at the same moment. Shared with the runner that replaces this one on a
+    /// config reload, so tasks still running under the old config count too.
+    pub(super) orders: Arc<Semaphore>,
+}
+
+enum AcmeCache {
+    Empty,
+    Ready(Arc<Acme>),
+    /// A failed connect is shared for a short while, so a pass over many certificates
+    /// against a down CA costs one attempt, not one per certificate.
+    Failed(Arc<AcmeError>, std::time::Instant),
+}
+
+/// How long a failed connection attempt is reused before trying again.
+const CONNECT_FAILURE_TTL: Duration = Duration::from_secs(30);
+
+/// The result of one certificate's pass, and when it next needs attention.
+#[derive(Debug, Clone)]
+pub struct CertResult {
+    /// What happened.
+    pub outcome: Outcome,
+    /// When to look at this certificate again (renewal time, retry time or ARI poll).
+    pub next_wake: OffsetDateTime,
+    /// A new set was installed (so file events from this pass are our own).
+    pub installed: bool,
+    /// What the certificate's files held when this pass last read or wrote them: the
+    /// daemon compares a later file event against it, so only a real change wakes it.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl CertResult {
+    /// A failed pass for this certificate.
+    pub(super) fn failed(cert: &CertConfig, summary: String, next_wake: OffsetDateTime) -> Self {
+        Self {
+            outcome: Outcome {
+                name: cert.name.clone(),
+                ok: false,
+                summary,
+            },
+            next_wake,
+            installed: false,
+            fingerprint: None,
+        }
+    }
+}
+
+impl Runner {
+    /// A runner over a validated config and an opened state directory.
+    pub fn new(
+        cfg: Arc<Config>,
+        state: StateDir,
+        responders: Responders,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            cfg,
+            state,
+            responders,
+            clock,
+            acme: tokio::sync::Mutex::new(AcmeCache::Empty),
+            orders: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+        }
+    }
+
+    /// The runner for a reloaded config: a fresh ACME connection, but the same order slots,
+    /// CA-record lock and clock, so old and new tasks together stay within the limits.
+    pub fn reconfigured(&self, cfg: Arc<Config>) -> Self {
+        Self {
+            cfg,
+            state: self.state.clone(),
+            responders: self.responders.clone(),
+            clock: self.clock.clone(),
+            acme: tokio::sync::Mutex::new(AcmeCache::Empty),
+            orders: self.orders.clone(),
+        }
+    }
+
+    /// The time now, by the runner's clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Updates the record of a CA (see [`StateDir::update_ca`]); a failed save is logged,
+    /// since the facts are only a cache.
+    pub(super) fn update_ca(&self, directory: &str, change: impl FnOnce(&mut CaRecord)) {
+        if let Err(e) = self.state.update_ca(directory, change) {
+            warn!("cannot record what was learned about the CA: {e}");
+        }
+    }
+
+    /// Drops the account the CA no longer knows (kept as `<file>.lost` for inspection), so
+    /// the next connection creates a new one.
+    pub(super) async fn forget_account(&self) {
+        let mut cache = self.acme.lock().await;
+        *cache = AcmeCache::Empty;
+        let path = self.state.account_file(&self.cfg.acme.directory);
+        let lost = path.with_extension("json.lost");
+        if let Err(e) = std::fs::rename(&path, &lost) {
+            warn!("cannot set aside {}: {e}", path.display());
+        }
+    }
+
+    /// The ACME account, connecting (and creating it) on first use. A failure carries the
+    /// CA's stored hold, if one is in force, for the ladder.
+    pub(super) async fn acme(&self) -> Result<Arc<Acme>, PassError> {
+        let mut cache = self.acme.lock().await;
+        let failed = |error: Arc<AcmeError>| PassError::Connect {
+            error,
+            hold: crate::acme::ca_hold(&self.state, &self.cfg.acme.directory),
+        };
+        match &*cache {
+            AcmeCache::Ready(a) => return Ok(a.clone()),
+            AcmeCache::Failed(e, at)
+                if at.elapsed() < crate::fault::scaled(CONNECT_FAILURE_TTL) =>
+            {
+                return Err(failed(e.clone()));
+            }
+            _ => {}
+        }
+        match Acme::connect(&self.cfg.acme, &self.state).await {
+            Ok(a) => {
+                let a = Arc::new(a);
+                *cache = AcmeCache::Ready(a.clone());
+                Ok(a)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                *cache = AcmeCache::Failed(e.clone(), std::time::Instant::now());
+                Err(failed(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(dir: &std::path::Path) -> Runner {
+        let src = format!(
+            "state_dir = \"{d}/state\"\n[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\n[[cert]]\nname = \"t\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/c.pem\"\nkey_path = \"{d}/k.pem\"\nhttp01_listen = \"127.0.0.1:1\"\n",
+            d = dir.display()
+        );
+        let cfg = Config::from_str_at(&src, std::path::Path::new("t.toml"), dir).unwrap();
+        let st = StateDir::create(&dir.join("state")).unwrap();
+        Runner::new(
+            Arc::new(cfg),
+            st,
+            Responders::default(),
+            crate::clock::system(),
+        )
+    }
+
+    /// Defect 11: a config reload must not hand out a second set of order slots while
+    /// tasks of the old config still hold the first.
+    #[test]
+    fn a_reconfigured_runner_shares_order_slots_and_the_ca_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runner(dir.path());
+        let r2 = r.reconfigured(r.cfg.clone());
+        assert!(Arc::ptr_eq(&r.orders, &r2.orders));
+        assert!(r.state.shares_ca_lock(&r2.state));
+        let _held = r.orders.try_acquire_many(MAX_CONCURRENT as u32).unwrap();
+        assert!(
+            r2.orders.try_acquire().is_err(),
+            "the new runner got its own slots"
+        );
+    }
+
+    /// Defect 11: concurrent certificate tasks updating the shared per-CA record must not
+    /// lose each other's facts (load-modify-save without a lock did).
+    #[test]
+    fn concurrent_ca_record_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runner(dir.path());
+        let directory = r.cfg.acme.directory.clone();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (r, directory) = (&r, directory.clone());
+                s.spawn(move || {
+                    for i in 0..50 {
+                        if t == 0 && i == 25 {
+                            r.update_ca(&directory, |c| c.replaces_unsupported = true);
+                        } else {
+                            r.update_ca(&directory, |c| {
+                                c.ari_checked_at = Some(OffsetDateTime::now_utc());
+                            });
+                        }
+                    }
+                });
+            }
+        });
+        let ca = r.state.load_ca(&directory).unwrap();
+        assert!(ca.replaces_unsupported, "a concurrent update was lost");
+        assert!(ca.ari_checked_at.is_some());
+    }
+}
