@@ -33,9 +33,10 @@ use time::OffsetDateTime;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::challenge::{ChallengeError, ChallengeSpec, Provisioned, Responders};
-use crate::config::{AcmeConfig, CertConfig, Challenge, format_duration};
+use crate::config::{AcmeConfig, CertConfig, Challenge};
 use crate::policy::AriWindow;
 use crate::state::StateDir;
+use crate::timefmt::format_duration;
 
 /// An ACME failure, sorted into what the retry ladder needs to know.
 #[derive(Debug, thiserror::Error)]
@@ -517,7 +518,7 @@ impl Ca {
             Some(until) => Err(AcmeError::Deferred {
                 directory: self.directory.clone(),
                 until,
-                until_text: crate::rfc3339(until),
+                until_text: crate::timefmt::rfc3339(until),
             }),
             None => Ok(()),
         }
@@ -537,7 +538,7 @@ impl Ca {
             Ok(_) if !later => {}
             Ok(_) => info!(
                 directory = %self.directory,
-                until = %crate::rfc3339(until),
+                until = %crate::timefmt::rfc3339(until),
                 "the CA asked us to wait; not contacting it before then"
             ),
             Err(e) => warn!("cannot record the CA's Retry-After: {e}"),

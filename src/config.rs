@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::fileset::FileSet;
+use crate::timefmt::format_duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -197,25 +199,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} must be greater than zero"));
     }
     Ok(Duration::from_secs(total))
-}
-
-/// Formats a duration compactly for humans (`2d3h`, `45m`, `12s`).
-pub fn format_duration(d: Duration) -> String {
-    let mut s = d.as_secs();
-    if s == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, len) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if s >= len {
-            out.push_str(&format!("{}{unit}", s / len));
-            s %= len;
-            if out.len() > 4 {
-                break;
-            }
-        }
-    }
-    out
 }
 
 /// The private key algorithm for new certificates.
@@ -914,20 +897,15 @@ fn check_not_ip(d: &str) -> Result<(), String> {
 }
 
 impl CertConfig {
-    /// Every file this certificate writes, with its config key, so callers that must treat
-    /// all of them alike (aliasing, ownership markers) cannot forget one.
-    pub fn managed_paths(&self) -> Vec<(&'static str, &Path)> {
-        let mut v = vec![
-            ("cert_path", self.cert_path.as_path()),
-            ("key_path", self.key_path.as_path()),
-        ];
-        if let Some(p) = &self.chain_path {
-            v.push(("chain_path", p));
+    /// The files this certificate writes: the one list every part walks (see
+    /// [`crate::fileset`]), so none can forget one.
+    pub fn files(&self) -> FileSet {
+        FileSet {
+            cert: self.cert_path.clone(),
+            key: self.key_path.clone(),
+            chain: self.chain_path.clone(),
+            bundle: self.bundle_path.clone(),
         }
-        if let Some(p) = &self.bundle_path {
-            v.push(("bundle_path", p));
-        }
-        v
     }
 }
 
@@ -999,17 +977,19 @@ fn path_alias_errors(
     file: &Path,
     cache: &mut HashMap<PathBuf, PathBuf>,
 ) -> Vec<ConfigError> {
-    let mut seen: HashMap<PathBuf, (&str, &'static str, &Path, Loc)> = HashMap::new();
+    let mut seen: HashMap<PathBuf, (&str, &'static str, PathBuf, Loc)> = HashMap::new();
     let mut out = Vec::new();
     for c in certs {
-        for (k, p) in c.managed_paths() {
+        let files = c.files();
+        for (role, p) in files.iter() {
+            let k = role.config_key();
             if p.as_os_str().is_empty() {
                 continue;
             }
             let real = canonical_file(p, cache);
             let loc = c.loc(k);
             match seen.get(&real) {
-                Some(&(oname, ok, op, oloc)) => {
+                Some((oname, ok, op, oloc)) => {
                     if op == p {
                         continue;
                     }
@@ -1030,7 +1010,7 @@ fn path_alias_errors(
                     });
                 }
                 None => {
-                    seen.insert(real, (c.name.as_str(), k, p, loc));
+                    seen.insert(real, (c.name.as_str(), k, p.to_path_buf(), loc));
                 }
             }
         }
@@ -1074,7 +1054,9 @@ pub fn strict_mode_violations_as(
     let mut seen_dirs = HashSet::new();
     for c in &cfg.certs {
         let key = |k: &str| format!("cert[{}].{k}", c.name);
-        for (k, p) in c.managed_paths() {
+        let files = c.files();
+        for (role, p) in files.iter() {
+            let k = role.config_key();
             let dir = p.parent().unwrap_or(Path::new("/"));
             if seen_dirs.insert(dir.to_path_buf()) {
                 targets.push((dir.to_path_buf(), key(k), c.loc(k)));
@@ -1804,7 +1786,6 @@ key_path = "/etc/tls/www.key"
         assert!(parse_duration("12").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
-        assert_eq!(format_duration(Duration::from_secs(129600)), "1d12h");
     }
 
     #[test]

@@ -29,8 +29,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::challenge::Responders;
 use crate::config::{Challenge, Config};
-use crate::renew::{self, CertResult, Fingerprint, Runner, rfc3339};
+use crate::renew::{self, CertResult, Fingerprint, Runner};
 use crate::state::{StateDir, StateError};
+use crate::timefmt::rfc3339;
 
 /// Re-evaluate every certificate at least this often (also when ARI is re-checked).
 pub const MAX_SLEEP: Duration = Duration::from_secs(12 * 3600);
@@ -144,7 +145,7 @@ impl WatchMap {
             ..Self::default()
         };
         for c in &cfg.certs {
-            for (_, p) in c.managed_paths() {
+            for (_, p) in c.files().iter() {
                 m.files
                     .entry(p.to_path_buf())
                     .or_default()
@@ -453,7 +454,7 @@ pub async fn run(
                             let next = renew::record_panic(&state, &name, &what);
                             schedule.set_wall(&name, next);
                         } else {
-                            schedule.set(&name, Instant::now() + renew::HOOK_RETRY);
+                            schedule.set(&name, Instant::now() + crate::fault::scaled(renew::HOOK_RETRY));
                         }
                     }
                 }
@@ -625,7 +626,12 @@ mod tests {
         for (failures, secs) in [(1, 60), (2, 600), (3, 6000), (4, 86400 / 2)] {
             let t0 = Instant::now();
             let wall = OffsetDateTime::now_utc();
-            let next = crate::policy::next_attempt(failures, wall, None);
+            let next = crate::policy::next_attempt(
+                failures,
+                wall,
+                crate::policy::ErrorClass::Transient,
+                None,
+            );
             s.set_wall("c", next);
             let at = s.get("c").unwrap();
             // Daily retries are still re-evaluated every 12 hours.

@@ -47,9 +47,10 @@ pub fn point(name: &str) {
     std::process::abort();
 }
 
-/// `CERTKEEPER_FAULT_TIME_SCALE=N` (debug builds only) divides the retry ladder's delays by
-/// N, so a test can watch a back-off end without waiting minutes. Release builds always use
-/// the real ladder.
+/// `CERTKEEPER_FAULT_TIME_SCALE=N` (debug builds only) divides the retry ladder's delays,
+/// the ARI minimum poll, the reuse of a failed CA connection and the hook retry by N, so a
+/// test can watch a back-off or a poll end without waiting minutes. Release builds always
+/// use the real times.
 pub fn scaled(d: std::time::Duration) -> std::time::Duration {
     if !cfg!(debug_assertions) {
         return d;

@@ -224,7 +224,7 @@ fn not_yet_valid(info: &CertInfo, now: OffsetDateTime) -> Option<String> {
     (now < info.not_before).then(|| {
         format!(
             "certificate is not valid yet (not before {})",
-            crate::rfc3339(info.not_before)
+            crate::timefmt::rfc3339(info.not_before)
         )
     })
 }
@@ -242,7 +242,10 @@ pub fn verify_set(
         return Err((m, Some(Box::new(info))));
     }
     if now >= info.not_after {
-        let m = format!("certificate expired at {}", crate::rfc3339(info.not_after));
+        let m = format!(
+            "certificate expired at {}",
+            crate::timefmt::rfc3339(info.not_after)
+        );
         return Err((m, Some(Box::new(info))));
     }
     Ok(info)

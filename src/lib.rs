@@ -10,6 +10,7 @@
 //! - [`acme`]: the only module that uses instant-acme: account, ARI, order flow.
 //! - [`challenge`]: HTTP-01 responder and webroot, DNS-01 hook; cleanup on every path.
 //! - [`keys`]: new private keys and CSRs (rcgen).
+//! - [`fileset`]: the files one certificate is made of, listed once.
 //! - [`fsx`]: bounded reads of regular files only, atomic writes, stale temp cleanup.
 //! - [`store`]: staging, crash-safe install, roll-forward, `.prev` backups, file modes.
 //! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
@@ -18,14 +19,18 @@
 //! - [`renew`]: one pass over all certificates, plus `status` and `--dry-run`.
 //! - [`daemon`]: `certkeeper run`: schedule, file watch, signals, metrics server.
 //! - [`fault`]: named crash points for the fault-injection tests (debug builds only).
+//! - [`clock`]: the injectable wall clock (system, tokio-driven for tests, manual).
+//! - [`timefmt`]: how times and durations are shown (RFC 3339, `2d3h`).
 //! - [`metrics`]: Prometheus rendering shared by `/metrics` and `--metrics-file`.
 
 pub mod acme;
 pub mod challenge;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod fault;
+pub mod fileset;
 pub mod fsx;
 pub mod hooks;
 pub mod inventory;
@@ -36,8 +41,7 @@ pub mod policy;
 pub mod renew;
 pub mod state;
 pub mod store;
-
-pub use renew::rfc3339;
+pub mod timefmt;
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Called once at start-up: with
 /// more than one provider in a dependency graph rustls panics unless one is chosen.

@@ -157,7 +157,9 @@ pub fn read_marker(marker: &Path, file: &Path) -> Result<Option<Marker>, OwnerEr
 /// `check`, `status` and `--dry-run`).
 pub fn check(state_root: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
     let me = canonical_state_dir(state_root);
-    for (key, file) in cert.managed_paths() {
+    let files = cert.files();
+    for (role, file) in files.iter() {
+        let key = role.config_key();
         let marker = marker_path(file);
         if let Some(m) = read_marker(&marker, file)? {
             other_owner(&me, key, file, &marker, m)?;
@@ -209,7 +211,9 @@ fn is_stale(m: &Marker, file: &Path) -> bool {
 pub fn claim(state_root: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
     check(state_root, cert)?;
     let me = canonical_state_dir(state_root);
-    for (key, file) in cert.managed_paths() {
+    let files = cert.files();
+    for (role, file) in files.iter() {
+        let key = role.config_key();
         if std::fs::symlink_metadata(file).is_err() {
             // Not installed yet: a certificate that then fails leaves nothing behind. The
             // caller claims again after installing.

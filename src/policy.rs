@@ -10,8 +10,9 @@ use rand::Rng;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::config::{RenewBefore, format_duration};
+use crate::config::RenewBefore;
 use crate::inventory::OnDisk;
+use crate::timefmt::format_duration;
 
 /// The state a certificate is in, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -129,7 +130,7 @@ pub fn decide(
             due: true,
             renew_at: now,
             rule: Rule::Expired,
-            reason: format!("expired at {}", crate::rfc3339(info.not_after)),
+            reason: format!("expired at {}", crate::timefmt::rfc3339(info.not_after)),
         };
     }
 
@@ -186,13 +187,13 @@ pub fn decide(
                 let why = if w.start <= now {
                     format!(
                         "ARI: the CA's renewal window opened at {}",
-                        crate::rfc3339(w.start)
+                        crate::timefmt::rfc3339(w.start)
                     )
                 } else {
                     format!(
                         "ARI: random point in the CA's window {} .. {}",
-                        crate::rfc3339(w.start),
-                        crate::rfc3339(w.end)
+                        crate::timefmt::rfc3339(w.start),
+                        crate::timefmt::rfc3339(w.end)
                     )
                 };
                 (ari_at, Rule::Ari, why)
@@ -202,7 +203,7 @@ pub fn decide(
                     Rule::UserCap,
                     format!(
                         "{reason}; comes before the point picked in the CA's ARI window ({})",
-                        crate::rfc3339(ari_at)
+                        crate::timefmt::rfc3339(ari_at)
                     ),
                 )
             }
@@ -234,14 +235,54 @@ pub fn backoff_delay(consecutive_failures: u32) -> StdDuration {
     }
 }
 
-/// When the next attempt may happen after `failures` consecutive failures, honouring a
-/// server's Retry-After if that is later.
+/// What kind of failure stopped a renewal. It sets how soon the next attempt is made and
+/// is shown by `status`, so an operator can tell "the CA is down" from "the config is wrong".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// Network trouble, a timeout, a 5xx: likely to pass, so the ladder as it is.
+    Transient,
+    /// The CA asked us to wait (429, `rateLimited`, Retry-After): no attempt before the
+    /// time it gave, whatever the ladder says.
+    RateLimited,
+    /// The config or a CA refusal (unauthorized, rejected identifier, unknown profile,
+    /// a bad certificate from the CA): retrying within minutes cannot help, so at least
+    /// the ladder's [`PERMANENT_STEP`].
+    Permanent,
+    /// The disk or permissions here (full disk, unwritable directory): the operator may
+    /// fix it any minute, so the ladder as it is.
+    Local,
+}
+
+impl ErrorClass {
+    /// The name `status` and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::RateLimited => "rate-limited",
+            Self::Permanent => "permanent",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// The ladder step a permanent failure starts at (100 minutes): a fixed config is picked
+/// up by `renew --force` or a SIGHUP at once, so waiting costs nothing but CA load.
+pub const PERMANENT_STEP: u32 = 3;
+
+/// When the next attempt may happen after `failures` consecutive failures of `class`,
+/// honouring a server's Retry-After if that is later.
 pub fn next_attempt(
     failures: u32,
     failed_at: OffsetDateTime,
+    class: ErrorClass,
     retry_after: Option<OffsetDateTime>,
 ) -> OffsetDateTime {
-    let ladder = failed_at + crate::fault::scaled(backoff_delay(failures));
+    let step = match class {
+        ErrorClass::Permanent => failures.max(PERMANENT_STEP),
+        _ => failures,
+    };
+    let ladder = failed_at + crate::fault::scaled(backoff_delay(step));
     match retry_after {
         Some(r) if r > ladder => r,
         _ => ladder,
@@ -466,7 +507,16 @@ mod tests {
         let steps: Vec<u64> = (0..6).map(|n| backoff_delay(n).as_secs()).collect();
         assert_eq!(steps, vec![0, 60, 600, 6000, 86400, 86400]);
         let later = T0 + Duration::hours(5);
-        assert_eq!(next_attempt(1, T0, Some(later)), later);
-        assert_eq!(next_attempt(2, T0, Some(T0)), T0 + Duration::minutes(10));
+        let t = ErrorClass::Transient;
+        assert_eq!(next_attempt(1, T0, t, Some(later)), later);
+        assert_eq!(next_attempt(2, T0, t, Some(T0)), T0 + Duration::minutes(10));
+        // A permanent failure starts at the third step: retrying within minutes cannot help.
+        let p = ErrorClass::Permanent;
+        assert_eq!(next_attempt(1, T0, p, None), T0 + Duration::seconds(6000));
+        assert_eq!(next_attempt(4, T0, p, None), T0 + Duration::days(1));
+        assert_eq!(
+            next_attempt(1, T0, ErrorClass::Local, None),
+            T0 + Duration::minutes(1)
+        );
     }
 }

@@ -17,12 +17,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::acme::{Acme, AcmeError, AriLookup, OrderRequest};
 use crate::challenge::Responders;
-use crate::config::{CertConfig, Config, format_duration};
+use crate::config::{CertConfig, Config};
 use crate::hooks::{HookEvent, run_reload_hooks};
 use crate::inventory::{CertInfo, OnDisk};
 use crate::policy::{self, AriWindow, CertState, Decision};
 use crate::state::{CaRecord, CertRecord, StateDir, StateError};
 use crate::store::{self, NewSet};
+use crate::timefmt::{format_duration, rfc3339};
 use crate::{inventory, keys};
 
 /// How many orders run at once.
@@ -121,16 +122,6 @@ impl rand::RngCore for JitterRng {
             chunk.copy_from_slice(&block.as_ref()[..chunk.len()]);
         }
     }
-}
-
-/// RFC 3339 in UTC, second precision: how every time is shown.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 /// The ARI window cached for the installed certificate, if it belongs to that serial.
@@ -251,8 +242,8 @@ pub fn fingerprint_files(cert: &CertConfig) -> Fingerprint {
     // Same order as `set_fingerprint`: cert, key, chain, bundle. A file that is not a
     // regular file or is over the size limit counts as absent.
     let data: Vec<Option<Vec<u8>>> = cert
-        .managed_paths()
-        .into_iter()
+        .files()
+        .iter()
         .map(|(_, p)| crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true).ok())
         .collect();
     fingerprint_of(data.iter().map(|d| d.as_deref()))
@@ -346,7 +337,12 @@ impl Reservation {
         let mut reserved = rec.clone();
         reserved.failures += 1;
         reserved.last_failure_at = Some(now);
-        reserved.next_attempt_at = Some(policy::next_attempt(reserved.failures, now, None));
+        reserved.next_attempt_at = Some(policy::next_attempt(
+            reserved.failures,
+            now,
+            policy::ErrorClass::Transient,
+            None,
+        ));
         reserved.last_outcome = Some("interrupted".into());
         reserved.last_error = Some(format!(
             "the order started at {} was interrupted before its outcome was recorded",
@@ -432,7 +428,9 @@ impl Runner {
         let mut cache = self.acme.lock().await;
         match &*cache {
             AcmeCache::Ready(a) => return Ok(a.clone()),
-            AcmeCache::Failed(e, at) if at.elapsed() < CONNECT_FAILURE_TTL => {
+            AcmeCache::Failed(e, at)
+                if at.elapsed() < crate::fault::scaled(CONNECT_FAILURE_TTL) =>
+            {
                 return Err(e.clone());
             }
             _ => {}
@@ -491,7 +489,7 @@ pub fn record_panic(state: &StateDir, name: &str, what: &str) -> OffsetDateTime 
     rec.failures += 1;
     rec.renewals_failed += 1;
     rec.last_failure_at = Some(now);
-    let next = policy::next_attempt(rec.failures, now, None);
+    let next = policy::next_attempt(rec.failures, now, policy::ErrorClass::Transient, None);
     rec.next_attempt_at = Some(next);
     rec.last_error = Some(format!(
         "internal error: the certificate task panicked: {what}"
@@ -832,7 +830,12 @@ impl Runner {
                 rec.failures += 1;
                 rec.renewals_failed += 1;
                 rec.last_failure_at = Some(at);
-                let next = policy::next_attempt(rec.failures, at, failure.retry_after);
+                let next = policy::next_attempt(
+                    rec.failures,
+                    at,
+                    policy::ErrorClass::Transient,
+                    failure.retry_after,
+                );
                 rec.next_attempt_at = Some(next);
                 rec.last_error = Some(failure.message.clone());
                 rec.last_outcome = Some("failed".into());
@@ -864,7 +867,9 @@ impl Runner {
         let ari = self.refresh_ari(cert, &disk, rec, now).await;
         rec.ari_hold_until = match ari {
             Some(w) if w.start <= now => {
-                let until = rec.ari_next_poll.unwrap_or(now + ARI_MIN_POLL);
+                let until = rec
+                    .ari_next_poll
+                    .unwrap_or(now + crate::fault::scaled(ARI_MIN_POLL));
                 warn!(
                     "the CA's ARI window for the certificate it just issued is already open; not renewing again before {}",
                     rfc3339(until)
@@ -899,7 +904,7 @@ impl Runner {
             t = t.min(p);
         }
         if rec.hooks_pending {
-            t = t.min(now + HOOK_RETRY);
+            t = t.min(now + crate::fault::scaled(HOOK_RETRY));
         }
         t
     }
@@ -1017,7 +1022,7 @@ impl Runner {
         };
         match acme.renewal_info(&info.leaf_der).await {
             Ok(AriLookup::Window(w, retry)) => {
-                let retry = retry.clamp(ARI_MIN_POLL, ARI_MAX_POLL);
+                let retry = retry.clamp(crate::fault::scaled(ARI_MIN_POLL), ARI_MAX_POLL);
                 rec.ari = Some(w);
                 rec.ari_serial = Some(info.serial.clone());
                 rec.ari_next_poll = Some(now + retry);

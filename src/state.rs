@@ -291,7 +291,7 @@ impl StateDir {
                 let me = format!(
                     "pid {} ({what}, since {})",
                     std::process::id(),
-                    crate::rfc3339(OffsetDateTime::now_utc())
+                    crate::timefmt::rfc3339(OffsetDateTime::now_utc())
                 );
                 // One positioned write, then trim: the file never goes through an empty state
                 // while we hold it. A reader may still see the line of a holder that died
