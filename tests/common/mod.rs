@@ -92,6 +92,7 @@ fn lock_port(port: u16) -> Option<File> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o666)
         .open(&path)
         .or_else(|_| File::open(&path))
