@@ -75,6 +75,24 @@ ensure_cargo() {
     done
 }
 
+# ensure_nextest: cargo-nextest (the test runner scripts/test.sh uses),
+# installed from crates.io when missing, the way scripts/fuzz.sh installs cargo-fuzz.
+ensure_nextest() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        return 0
+    fi
+    log "cargo-nextest missing: cargo install --locked cargo-nextest"
+    local t0
+    t0=$(date +%s)
+    cargo install --locked cargo-nextest || return 1
+    log "cargo-nextest installed in $(($(date +%s) - t0))s"
+}
+
+# ensure_toolchain: cargo with rustfmt and clippy, and cargo-nextest.
+ensure_toolchain() {
+    ensure_cargo rustfmt clippy && ensure_nextest
+}
+
 # free_port START END: print the first TCP port in [START, END] that nothing
 # listens on (checked by trying to connect on 127.0.0.1; bash's /dev/tcp).
 free_port() {

@@ -180,15 +180,20 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
+/// `CERTKEEPER_FAULT_TIME_SCALE` for [`renewal_force_renews_at_next_poll_in_renew_and_run`]:
+/// certkeeper's 60 s minimum ARI poll becomes 20 s, the CA's Retry-After.
+const ARI_TIME_SCALE: (&str, &str) = ("CERTKEEPER_FAULT_TIME_SCALE", "3");
+
 /// `renewal_force` on the CA side ("renew now" for every certificate) makes
 /// `renew` renew once the cached window is due for a poll, and makes a running
-/// daemon renew at its next ARI poll, without any file event. Uses
-/// Retry-After 60 s (certkeeper's minimum), so this test takes about a minute.
+/// daemon renew at its next ARI poll, without any file event. The CA's
+/// Retry-After is 20 s, certkeeper's minimum poll under [`ARI_TIME_SCALE`] (60 s
+/// without it), so the test waits for one real poll of 20 s.
 #[test]
 fn renewal_force_renews_at_next_poll_in_renew_and_run() {
     let mut t = A2cEnv::start(A2cOpts {
         renewal_window_secs: Some(7200), // ARI wins over the threshold, as above
-        retry_after_secs: 60,
+        retry_after_secs: 20,
         ..A2cOpts::default()
     });
     // One-shot: its own state dir and HTTP-01 port.
@@ -209,7 +214,7 @@ fn renewal_force_renews_at_next_poll_in_renew_and_run() {
         ),
     );
 
-    let out = t.run(&cfg, &["renew"]);
+    let out = t.run_env(&cfg, &["renew"], &[ARI_TIME_SCALE]);
     assert_eq!(out.code, 0, "{out}");
     let (cert, _) = t.cert_paths("oneshot");
     let serial1 = cert_serial(&cert);
@@ -217,7 +222,7 @@ fn renewal_force_renews_at_next_poll_in_renew_and_run() {
     assert_eq!(st["state"], "valid", "{st}");
     let poll = rfc3339(&st["ari_next_poll"], "ari_next_poll");
 
-    let mut daemon = t.spawn("daemon", &daemon_cfg, &["run"]);
+    let mut daemon = t.spawn_env("daemon", &daemon_cfg, &["run"], &[ARI_TIME_SCALE]);
     let (dcert, dkey) = t.cert_paths("daemon");
     // (Polling the daemon's log is cheaper than running status every 20 ms.)
     let issued = wait_for(Duration::from_secs(30), || {
@@ -244,14 +249,14 @@ fn renewal_force_renews_at_next_poll_in_renew_and_run() {
         now() < poll,
         "setup took too long: the poll at {poll} passed"
     );
-    let out = t.run(&cfg, &["renew"]);
+    let out = t.run_env(&cfg, &["renew"], &[ARI_TIME_SCALE]);
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stderr.contains("not due"), "{out}");
     assert_eq!(cert_serial(&cert), serial1);
 
     // After it, the CA's "renew now" is seen and acted on.
     sleep_until(poll + time::Duration::seconds(1));
-    let out = t.run(&cfg, &["renew"]);
+    let out = t.run_env(&cfg, &["renew"], &[ARI_TIME_SCALE]);
     assert_eq!(out.code, 0, "{out}");
     assert_ne!(cert_serial(&cert), serial1, "renew did not renew:\n{out}");
     assert!(

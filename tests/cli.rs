@@ -339,3 +339,148 @@ fn backoff_after_failure() {
         "--force did not try the CA again:\n{out}"
     );
 }
+
+/// One entry of [`listing`]: file type, size, mtime (ns since the epoch) and mode.
+type Entry = (&'static str, u64, i128, u32);
+
+/// Every path under `root` (and `root` itself), with what `lstat` says of it: nothing is
+/// skipped, so a created, removed, rewritten (even with the same bytes) or re-moded
+/// file or directory, lock files included, changes the listing.
+fn listing(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Entry> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let md =
+            std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        let kind = if md.is_dir() {
+            "dir"
+        } else if md.is_symlink() {
+            "symlink"
+        } else if md.is_file() {
+            "file"
+        } else {
+            "other"
+        };
+        let mtime = i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec());
+        out.insert(p.clone(), (kind, md.len(), mtime, md.mode()));
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+/// The paths whose listing entries differ between `before` and `after`.
+fn listing_diff(
+    before: &std::collections::BTreeMap<std::path::PathBuf, Entry>,
+    after: &std::collections::BTreeMap<std::path::PathBuf, Entry>,
+) -> Vec<String> {
+    let mut keys: Vec<_> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
+        .collect()
+}
+
+/// `renew --dry-run` with a `state_dir` that does not exist: it still does not exist
+/// afterwards (nor its missing parent), and nothing else changed anywhere in the
+/// test's tree. No CA is needed: a dry run only plans.
+#[test]
+fn dry_run_does_not_create_a_missing_state_dir() {
+    let env = TestEnv::new();
+    let parent = env.path("absent");
+    let state_dir = parent.join("state");
+    let cfg = env.write_raw_config(
+        "certkeeper.toml",
+        &format!(
+            "{}\n{}{}",
+            env.config_head_in(&state_dir, ""),
+            env.defaults_http01(""),
+            env.cert_block("dry", &["dry.example.com"], "")
+        ),
+    );
+    let before = listing(env.root());
+    let out = env.run(&cfg, &["renew", "--dry-run"]);
+    assert_eq!(out.code, 0, "dry run:\n{out}");
+    assert!(
+        out.all().contains("dry: due"),
+        "no decision for the certificate:\n{out}"
+    );
+    assert!(
+        !parent.exists(),
+        "--dry-run created {} (state_dir {}):\n{out}",
+        parent.display(),
+        state_dir.display()
+    );
+    let diff = listing_diff(&before, &listing(env.root()));
+    assert!(diff.is_empty(), "--dry-run changed:\n{}", diff.join("\n"));
+}
+
+/// `renew --dry-run` with a real, populated `state_dir`: the recursive listing of the
+/// work tree (config, certificates, state) (names, sizes, mtimes, modes; the lock file included) is identical before
+/// and after. And while another process holds the state lock (an flock this test takes
+/// on the very file `renew` locks, which a real `renew` then proves by refusing to run),
+/// the dry run still finishes promptly with exit 0 and changes nothing either.
+#[test]
+fn dry_run_leaves_an_existing_state_dir_untouched_even_while_it_is_locked() {
+    use std::os::fd::AsRawFd;
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let cfg = env.write_config(&format!(
+        "{}{}{}",
+        env.defaults_http01(""),
+        env.cert_block("have", &["have.example.com"], ""),
+        env.cert_block("want", &["want.example.com"], "")
+    ));
+    let out = env.run(&cfg, &["renew", "have"]);
+    assert_eq!(out.code, 0, "{out}");
+    let lock_path = env.state_dir().join("lock");
+    assert!(
+        lock_path.is_file(),
+        "renew left no {}: the lock file this test takes is not the real one",
+        lock_path.display()
+    );
+
+    let before = listing(&env.path(""));
+    let out = env.run(&cfg, &["renew", "--dry-run"]);
+    assert_eq!(out.code, 0, "dry run:\n{out}");
+    assert!(out.all().contains("have: not due"), "{out}");
+    assert!(out.all().contains("want: due"), "{out}");
+    let diff = listing_diff(&before, &listing(&env.path("")));
+    assert!(diff.is_empty(), "--dry-run changed:\n{}", diff.join("\n"));
+
+    // Another process holds the state lock.
+    let held = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "cannot flock {}", lock_path.display());
+    let out = env.run(&cfg, &["renew", "want"]);
+    assert_ne!(
+        out.code, 0,
+        "renew ran although the state lock is held:\n{out}"
+    );
+    assert!(
+        out.all().contains("another certkeeper is running"),
+        "renew does not name the held lock:\n{out}"
+    );
+    let before = listing(&env.path(""));
+    let mut dry = env.spawn("dry-run-locked", &cfg, &["renew", "--dry-run"]);
+    let status = dry.wait_timeout(std::time::Duration::from_secs(20));
+    let Some(status) = status else {
+        dry.dump();
+        panic!("--dry-run did not finish within 20 s while the state lock was held");
+    };
+    assert!(
+        status.success(),
+        "--dry-run failed while the state lock was held ({status}):\n{}",
+        dry.stderr()
+    );
+    assert!(dry.stdout().contains("want: due"), "{}", dry.stdout());
+    let diff = listing_diff(&before, &listing(&env.path("")));
+    assert!(diff.is_empty(), "--dry-run changed:\n{}", diff.join("\n"));
+    drop(held);
+}

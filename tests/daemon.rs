@@ -46,7 +46,17 @@ fn http01_cfg(env: &TestEnv, defaults_extra: &str, names: &[&str]) -> PathBuf {
 /// Start a daemon on `cfg` and wait until `name`'s set is installed and the
 /// daemon has looked at it again after its own install (and found it not due).
 fn start_and_issue(env: &TestEnv, cfg: &Path, name: &str) -> (Daemon, String) {
-    let mut d = Daemon::start(env, "daemon", cfg);
+    start_and_issue_env(env, cfg, name, &[])
+}
+
+/// [`start_and_issue`] with extra environment for the daemon.
+fn start_and_issue_env(
+    env: &TestEnv,
+    cfg: &Path,
+    name: &str,
+    envs: &[(&str, &str)],
+) -> (Daemon, String) {
+    let mut d = Daemon::start_env(env, "daemon", cfg, envs);
     let (cert, key) = env.cert_paths(name);
     let (serial, took) = wait_new_set(&cert, &key, None, Duration::from_secs(30))
         .unwrap_or_else(|| panic!("{name} was not issued at startup"));
@@ -562,6 +572,16 @@ fn sigterm_during_order_exits_cleanly_and_next_run_converges() {
 // 7. The CA goes down, then comes back as a new instance
 // ---------------------------------------------------------------------------
 
+/// `CERTKEEPER_FAULT_TIME_SCALE` for the CA-outage tests: the ladder's 1-minute first
+/// step becomes [`STEP`] (and the 10-minute second one 150 s, the 30 s reuse of a failed
+/// connection 7.5 s), so a test sees the daemon wait out a real back-off step in
+/// seconds instead of a minute. Every window of these tests is this fraction of the
+/// original.
+const TIME_SCALE: (&str, &str) = ("CERTKEEPER_FAULT_TIME_SCALE", "4");
+
+/// The ladder's first step under [`TIME_SCALE`] (60 s / 4).
+const STEP: Duration = Duration::from_secs(15);
+
 /// The ERROR and WARN lines of a log.
 fn problems(log: &str) -> String {
     log.lines()
@@ -584,10 +604,11 @@ fn wait_recovery(
 }
 
 /// The daemon starts while the CA is down, with no account and no
-/// certificate. Over 20 s it makes a handful of ACME requests (its in-run
-/// retries, then the ladder's 1-minute step), and a file event during the
-/// back-off re-evaluates without contacting the CA. When Pebble comes up, the
-/// daemon recovers on its own at the ladder's next step.
+/// certificate. It makes a handful of ACME requests (its in-run retries), then
+/// waits out the ladder's first step (1 minute, [`STEP`] under [`TIME_SCALE`]),
+/// and a file event during the back-off re-evaluates without contacting the CA.
+/// When Pebble comes up, the daemon recovers on its own at the ladder's next
+/// step, not before.
 #[test]
 fn ca_down_at_startup_backs_off_then_recovers() {
     let mut env = TestEnv::with_pebble(PebbleOpts::default());
@@ -596,11 +617,12 @@ fn ca_down_at_startup_backs_off_then_recovers() {
     let (cert, key) = env.cert_paths("a");
 
     let t0 = Instant::now();
-    let mut d = Daemon::start(&env, "daemon", &cfg);
+    let mut d = Daemon::start_env(&env, "daemon", &cfg, &[TIME_SCALE]);
     assert!(
         d.wait_log_since(0, Duration::from_secs(20), "renewal failed", 1),
         "no failure reported while the CA is down"
     );
+    let t_fail = Instant::now();
     // A file event during the back-off: re-evaluated, but the CA is not called.
     let mark_ev = d.mark();
     fs::write(&cert, b"garbage while the CA is down\n").unwrap();
@@ -610,7 +632,8 @@ fn ca_down_at_startup_backs_off_then_recovers() {
         d.log_since(mark_ev)
     );
 
-    thread::sleep(Duration::from_secs(20).saturating_sub(t0.elapsed()));
+    // A quarter of the way into the back-off step (as 20 s of the minute were).
+    thread::sleep((STEP / 4).saturating_sub(t_fail.elapsed()));
     let reqs = count_lines(&d.log(), "ACME request");
     let failed = count_lines(&d.log(), "ACME request failed");
     eprintln!(
@@ -619,7 +642,11 @@ fn ca_down_at_startup_backs_off_then_recovers() {
         t0.elapsed().as_secs_f64(),
         d.count_since(mark_ev, "ACME request")
     );
-    assert!((1..=10).contains(&reqs), "{reqs} ACME requests in 20 s");
+    assert!(
+        (1..=10).contains(&reqs),
+        "{reqs} ACME requests in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(
         d.count_since(mark_ev, "ACME request"),
         0,
@@ -631,15 +658,18 @@ fn ca_down_at_startup_backs_off_then_recovers() {
     let step = (rfc3339(&row["next_attempt"], "next_attempt")
         - rfc3339(&row["last_failure"], "last_failure"))
     .whole_seconds();
+    // The ladder's first step, to the second (the timestamps are whole seconds).
+    let want = STEP.as_secs() as i64;
     assert!(
-        (55..=65).contains(&step),
-        "first ladder step {step}s: {row}"
+        (want - 1..=want + 1).contains(&step),
+        "first ladder step {step}s, not {want}s: {row}"
     );
 
     let mark = d.mark();
     env.pebble.as_mut().unwrap().restart_ca("pebble2");
     let up = t0.elapsed();
-    let got = wait_recovery(&cert, &key, None, t0, Duration::from_secs(95));
+    // Recovery comes at the first step; the second would be 10x later.
+    let got = wait_recovery(&cert, &key, None, t_fail, STEP + Duration::from_secs(30));
     eprintln!(
         "FIGURE CA back {:.0}s after startup; daemon recovered: {:?}",
         up.as_secs_f64(),
@@ -647,13 +677,17 @@ fn ca_down_at_startup_backs_off_then_recovers() {
     );
     let (_, at) = got.unwrap_or_else(|| {
         panic!(
-            "no recovery within 95 s; status {}\nerrors since the CA came back:\n{}",
+            "no recovery within {:?} of the failure; status {}\nerrors since the CA came back:\n{}",
+            STEP + Duration::from_secs(30),
             env.status_of(&cfg, "a"),
             problems(&d.log_since(mark))
         )
     });
-    // It waited for the ladder: not before the 1-minute step.
-    assert!(at >= Duration::from_secs(55), "recovered after {at:?}");
+    // It waited for the ladder: not before the first step after the failure.
+    assert!(
+        at >= STEP - Duration::from_secs(1),
+        "recovered {at:?} after the failure, before the ladder's {STEP:?} step"
+    );
     env.pebble().assert_chain_verifies(&cert);
     assert!(d.is_running());
     let row = env.status_of(&cfg, "a");
@@ -662,7 +696,8 @@ fn ca_down_at_startup_backs_off_then_recovers() {
 }
 
 /// The daemon had issued (its account exists on the CA), then the CA goes
-/// down and the certificate is deleted: a handful of requests over 20 s. The
+/// down and the certificate is deleted: a handful of requests, then the
+/// ladder's first step (1 minute, [`STEP`] under [`TIME_SCALE`]). The
 /// CA then restarts on the same ports as a new instance that does not know the
 /// account (what happens when a CA loses or deactivates an account). The
 /// daemon must recover on its own at the ladder's next step.
@@ -671,7 +706,7 @@ fn ca_restart_with_lost_account_recovers_without_daemon_restart() {
     let mut env = TestEnv::with_pebble(PebbleOpts::default());
     let cfg = http01_cfg(&env, "", &["a"]);
     let (cert, key) = env.cert_paths("a");
-    let (mut d, old) = start_and_issue(&env, &cfg, "a");
+    let (mut d, old) = start_and_issue_env(&env, &cfg, "a", &[TIME_SCALE]);
 
     env.pebble.as_mut().unwrap().stop_ca();
     let t0 = Instant::now();
@@ -682,25 +717,38 @@ fn ca_restart_with_lost_account_recovers_without_daemon_restart() {
         "no failure reported while the CA is down:\n{}",
         d.log_since(mark)
     );
-    thread::sleep(Duration::from_secs(20).saturating_sub(t0.elapsed()));
+    let t_fail = Instant::now();
+    thread::sleep((STEP / 4).saturating_sub(t_fail.elapsed()));
     let reqs = d.count_since(mark, "ACME request");
     eprintln!(
         "FIGURE CA down for {:.0}s after the deletion: {reqs} ACME requests ({} failed)",
         t0.elapsed().as_secs_f64(),
         d.count_since(mark, "ACME request failed")
     );
-    assert!((1..=10).contains(&reqs), "{reqs} ACME requests in 20 s");
+    assert!(
+        (1..=10).contains(&reqs),
+        "{reqs} ACME requests in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let mark = d.mark();
     env.pebble.as_mut().unwrap().restart_ca("pebble2");
-    let got = wait_recovery(&cert, &key, Some(&old), t0, Duration::from_secs(95));
+    // Recovery comes at the first step; the second would be 10x later.
+    let got = wait_recovery(
+        &cert,
+        &key,
+        Some(&old),
+        t_fail,
+        STEP + Duration::from_secs(30),
+    );
     eprintln!(
         "FIGURE CA restarted (account lost); daemon recovered: {:?}",
         got.as_ref().map(|(s, t)| (s, t.as_secs_f64()))
     );
     assert!(
         got.is_some(),
-        "no recovery within 95 s of the outage; status {}\nerrors since the CA came back:\n{}",
+        "no recovery within {:?} of the failure; status {}\nerrors since the CA came back:\n{}",
+        STEP + Duration::from_secs(30),
         env.status_of(&cfg, "a"),
         problems(&d.log_since(mark))
     );

@@ -66,6 +66,7 @@ pub struct Hostile {
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    _port_lease: super::PortLease,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -98,10 +99,10 @@ impl Hostile {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        // A free port, released again if we start refusing.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
+        // A port of our own, reserved against other test processes for our lifetime
+        // (not bind(0): while refusing nothing listens on it, and an ephemeral port
+        // could be taken by anyone in the meantime).
+        let (port, lease) = super::reserve_ports(1, None);
         let shared = Arc::new(Shared {
             mode: Mutex::new((mode, None)),
             connections: AtomicUsize::new(0),
@@ -137,6 +138,7 @@ impl Hostile {
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
+            _port_lease: lease,
         }
     }
 

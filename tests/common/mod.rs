@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -60,43 +60,108 @@ pub struct Ports {
     pub dns_mgmt: u16,
 }
 
-static PORT_COUNTER: AtomicU16 = AtomicU16::new(0);
+/// Where every test process on this machine reserves its ports: `<port>.lock`, held
+/// with `flock` for as long as the port is in use. Under nextest every test is its own
+/// process, so an in-process counter cannot keep two tests apart; the kernel drops the
+/// lock when the holder exits, however it exits, so a crashed test frees its ports.
+pub const PORT_LOCK_DIR: &str = "/tmp/certkeeper-test-ports";
+
+/// The ports handed out: below Linux's default ephemeral range (32768-60999), so
+/// neither an outgoing connection's source port nor anyone's `bind(0)` takes one of
+/// ours while we are not listening on it (a CA that is down, a refusing hostile CA).
+const PORT_RANGE: std::ops::RangeInclusive<u16> = 20000..=32759;
+
+/// Reserved ports, released (unlocked) on drop. Keep it as long as the ports are used.
+#[derive(Debug)]
+pub struct PortLease {
+    _locks: Vec<File>,
+}
+
+/// The flock'd reservation file of `port`, or `None` when another test holds it.
+fn lock_port(port: u16) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = Path::new(PORT_LOCK_DIR);
+    if !dir.exists() {
+        let _ = fs::create_dir_all(dir);
+        // Shared by every user's test runs (like /tmp itself).
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
+    }
+    let path = dir.join(format!("{port}.lock"));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(&path)
+        .or_else(|_| File::open(&path))
+        .unwrap_or_else(|e| panic!("port reservation file {}: {e}", path.display()));
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(file)
+}
 
 fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-impl Ports {
-    /// A fresh block of ports: a per-process base derived from the pid plus
-    /// an atomic counter, skipping blocks where something already listens.
-    pub fn allocate() -> Self {
-        let pid = std::process::id();
-        let base = 20000 + (pid % 300) as u16 * 100;
-        loop {
-            let n = PORT_COUNTER.fetch_add(1, Ordering::SeqCst);
-            // 16 blocks of 6 fit in a process's 100-port window; after that wrap
-            // into a second window far above, still derived from the pid.
-            let p = if n < 16 {
-                base + n * 6
-            } else {
-                assert!(n < 49, "ran out of test ports");
-                // 50000..=59999 region, distinct per pid modulo 50
-                50000 + (pid % 50) as u16 * 200 + (n - 16) * 6
-            };
-            let ports = Self {
-                acme: p,
-                mgmt: p + 1,
-                http: p + 2,
-                tls: p + 3,
-                dns: p + 4,
-                dns_mgmt: p + 5,
-            };
-            let all_free =
-                (p..p + 6).all(port_free) && UdpSocket::bind(("127.0.0.1", ports.dns)).is_ok();
-            if all_free {
-                return ports;
+/// `n` consecutive ports, reserved for this process (see [`PORT_LOCK_DIR`]) and free
+/// right now for TCP (the one at offset `udp_at` for UDP too), and their lease. The search
+/// starts at a block picked from the pid and the clock, so parallel tests rarely even
+/// contend for a lock; something else listening (a developer's Pebble) is skipped.
+pub fn reserve_ports(n: u16, udp_at: Option<u16>) -> (u16, PortLease) {
+    let blocks = (PORT_RANGE.end() - PORT_RANGE.start() + 1) / n;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let first = (std::process::id().wrapping_mul(7919) ^ nanos) % u32::from(blocks);
+    for k in 0..u32::from(blocks) {
+        let block = ((first + k) % u32::from(blocks)) as u16;
+        let p = PORT_RANGE.start() + block * n;
+        let mut locks = Vec::new();
+        for port in p..p + n {
+            match lock_port(port) {
+                Some(f) => locks.push(f),
+                None => break,
             }
         }
+        if locks.len() == usize::from(n)
+            && (p..p + n).all(port_free)
+            && udp_at.is_none_or(|o| UdpSocket::bind(("127.0.0.1", p + o)).is_ok())
+        {
+            return (p, PortLease { _locks: locks });
+        }
+    }
+    panic!("no block of {n} free test ports in {PORT_RANGE:?} (reservations in {PORT_LOCK_DIR})");
+}
+
+/// Leases taken by [`Ports::allocate`], held until the process exits.
+static PROCESS_LEASES: Mutex<Vec<PortLease>> = Mutex::new(Vec::new());
+
+impl Ports {
+    /// A fresh block of six ports, reserved across processes until the returned lease is
+    /// dropped (see [`reserve_ports`]); the DNS port is free for UDP too.
+    pub fn reserve() -> (Self, PortLease) {
+        let (p, lease) = reserve_ports(6, Some(4));
+        let ports = Self {
+            acme: p,
+            mgmt: p + 1,
+            http: p + 2,
+            tls: p + 3,
+            dns: p + 4,
+            dns_mgmt: p + 5,
+        };
+        (ports, lease)
+    }
+
+    /// [`Self::reserve`] for callers without a place to keep the lease: it is held
+    /// until this process exits.
+    pub fn allocate() -> Self {
+        let (ports, lease) = Self::reserve();
+        PROCESS_LEASES.lock().unwrap().push(lease);
+        ports
     }
 }
 
@@ -474,6 +539,8 @@ pub struct TestEnv {
     pub acme_extra: String,
     /// Outputs of certkeeper runs so far, printed on failure.
     log: Mutex<Vec<String>>,
+    /// Keeps `ports` reserved against other test processes while the env lives.
+    _port_lease: PortLease,
 }
 
 /// The outcome of one certkeeper run.
@@ -510,7 +577,7 @@ impl TestEnv {
             .tempdir()
             .unwrap();
         fs::create_dir_all(dir.path().join("work")).unwrap();
-        let ports = Ports::allocate();
+        let (ports, port_lease) = Ports::reserve();
         Self {
             directory: format!("https://127.0.0.1:{}/dir", ports.acme),
             dir,
@@ -518,6 +585,7 @@ impl TestEnv {
             pebble: None,
             acme_extra: String::new(),
             log: Mutex::new(Vec::new()),
+            _port_lease: port_lease,
         }
     }
 
