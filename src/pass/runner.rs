@@ -38,7 +38,7 @@ enum AcmeCache {
     Ready(Arc<Acme>),
     /// A failed connect is shared for a short while, so a pass over many certificates
     /// against a down CA costs one attempt, not one per certificate.
-    Failed(Arc<AcmeError>, std::time::Instant),
+    Failed(Arc<AcmeError>, tokio::time::Instant),
 }
 
 /// How long a failed connection attempt is reused before trying again.
@@ -155,7 +155,7 @@ impl Runner {
             }
             Err(e) => {
                 let e = Arc::new(e);
-                *cache = AcmeCache::Failed(e.clone(), std::time::Instant::now());
+                *cache = AcmeCache::Failed(e.clone(), tokio::time::Instant::now());
                 Err(failed(e))
             }
         }
