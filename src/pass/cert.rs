@@ -37,7 +37,7 @@ impl Runner {
         let look = self.look(cert, &mut rec, rolled, now).await;
         let mut result = self.act(cert, &look, &mut rec, force, now).await;
         result.fingerprint = result.fingerprint.or(look.fingerprint);
-        if let Err(e) = self.state.save(&cert.name, &rec) {
+        if let Err(e) = self.save(&cert.name, rec).await {
             error!("cannot record state: {e}");
             return CertResult::failed(cert, e.to_string(), now + policy::backoff_delay(1));
         }
@@ -52,18 +52,20 @@ impl Runner {
         now: OffsetDateTime,
     ) -> Result<(CertRecord, bool), CertResult> {
         let retry = now + policy::backoff_delay(1);
-        let rec = self.state.load(&cert.name).map_err(|e| {
-            error!("{e}");
-            CertResult::failed(cert, e.to_string(), retry)
-        })?;
+        // Reading the record and completing an install read, write and fsync: off the
+        // async workers.
         let (state, name) = (self.state.clone(), cert.name.clone());
-        let rolled = tokio::task::spawn_blocking(move || {
-            let mut rec = rec;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut rec = state.load(&name)?;
             let r = roll_forward(&state, &name, &mut rec, now);
-            (r, rec)
+            Ok::<_, crate::state::StateError>((r, rec))
         })
         .await
         .map_err(|e| CertResult::failed(cert, e.to_string(), retry))?;
+        let rolled = loaded.map_err(|e| {
+            error!("{e}");
+            CertResult::failed(cert, e.to_string(), retry)
+        })?;
         let (rolled, mut rec) = match rolled {
             (Ok(rolled), rec) => (rolled, rec),
             (Err(e), rec) => return Err(self.refuse(cert, rec, &e, "install-failed", retry)),

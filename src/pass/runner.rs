@@ -14,7 +14,7 @@ use crate::acme::{Acme, AcmeError};
 use crate::challenge::Responders;
 use crate::clock::SharedClock;
 use crate::config::{CertConfig, Config};
-use crate::state::{CaRecord, StateDir};
+use crate::state::{CaRecord, CertRecord, StateDir, StateError};
 
 /// See the module documentation.
 pub struct Runner {
@@ -108,6 +108,19 @@ impl Runner {
     /// The time now, by the runner's clock.
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
+    }
+
+    /// Saves a certificate's record off the async workers (the save fsyncs).
+    pub(super) async fn save(&self, name: &str, rec: CertRecord) -> Result<(), StateError> {
+        let (state, name) = (self.state.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || state.save(&name, &rec))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Io {
+                    path: self.state.root().to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
     }
 
     /// Updates the record of a CA (see [`StateDir::update_ca`]); a failed save is logged,
