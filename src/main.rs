@@ -119,7 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Warnings, not errors: `renew` repairs these through the store.
             for c in &cfg.certs {
-                for w in certkeeper::inventory::mode_warnings(c) {
+                for w in certkeeper::inventory::mode_warnings(&c.files(), c.key_mode) {
                     println!("warning: certificate {}: {w} (renew repairs it)", c.name);
                 }
             }

@@ -135,7 +135,7 @@ fn cached_ari(rec: &CertRecord, disk: &OnDisk) -> Option<AriWindow> {
 
 /// The decision for a certificate from what is on disk and what was remembered.
 pub fn evaluate(cert: &CertConfig, rec: &CertRecord, now: OffsetDateTime) -> (OnDisk, Decision) {
-    let disk = inventory::inspect(cert, now);
+    let disk = inventory::inspect(&cert.files(), &cert.domains, now);
     let ari = cached_ari(rec, &disk);
     let decision = decide(cert, &disk, ari.as_ref(), rec, now);
     (disk, decision)
@@ -255,7 +255,7 @@ async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fi
     let c = cert.clone();
     let read = tokio::task::spawn_blocking(move || {
         let fp = fingerprint_files(&c);
-        (inventory::inspect(&c, now), Some(fp))
+        (inventory::inspect(&c.files(), &c.domains, now), Some(fp))
     });
     match read.await {
         Ok(r) => r,
@@ -717,7 +717,7 @@ impl Runner {
     async fn repair_modes(&self, cert: &CertConfig) {
         let (state, c) = (self.state.clone(), cert.clone());
         let fixed = tokio::task::spawn_blocking(move || {
-            if inventory::mode_warnings(&c).is_empty() {
+            if inventory::mode_warnings(&c.files(), c.key_mode).is_empty() {
                 return Ok(Vec::new());
             }
             store::repair_modes(&state, &c)
@@ -1323,7 +1323,7 @@ pub fn status(cfg: &Config, now: OffsetDateTime) -> Vec<StatusRow> {
                 hook_failures: rec.hook_failures,
                 ari_window,
                 ari_next_poll: rec.ari_next_poll.map(rfc3339),
-                warnings: inventory::mode_warnings(cert),
+                warnings: inventory::mode_warnings(&cert.files(), cert.key_mode),
                 times: RowTimes {
                     not_after: info.map(|i| i.not_after.unix_timestamp()),
                     renew_at: d.renew_at.unix_timestamp(),
