@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::config::ReloadSignal;
+use crate::fileset::FileSet;
 
 /// The facts a reload hook receives about the certificate just installed.
 #[derive(Debug, Clone, Serialize)]
@@ -45,24 +46,38 @@ pub struct HookEvent {
 }
 
 impl HookEvent {
-    /// The documented environment variables.
+    /// The certificate's files as a [`FileSet`].
+    pub fn files(&self) -> FileSet {
+        FileSet {
+            cert: self.cert_path.clone(),
+            key: self.key_path.clone(),
+            chain: self.chain_path.clone(),
+            bundle: self.bundle_path.clone(),
+        }
+    }
+
+    /// The documented environment variables. Every file variable is always set (empty for
+    /// a file that is not configured), so a hook can test `-n "$CERTKEEPER_CHAIN_PATH"`.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let p = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        };
-        vec![
+        let mut env = vec![
             ("CERTKEEPER_EVENT", self.event.to_string()),
             ("CERTKEEPER_NAME", self.name.clone()),
             ("CERTKEEPER_DOMAINS", self.domains.join(",")),
-            ("CERTKEEPER_CERT_PATH", self.cert_path.display().to_string()),
-            ("CERTKEEPER_KEY_PATH", self.key_path.display().to_string()),
-            ("CERTKEEPER_CHAIN_PATH", p(&self.chain_path)),
-            ("CERTKEEPER_BUNDLE_PATH", p(&self.bundle_path)),
-            ("CERTKEEPER_NOT_AFTER", self.not_after.clone()),
-            ("CERTKEEPER_SERIAL", self.serial.clone()),
-        ]
+        ];
+        // Unconfigured files become empty paths, so `iter` yields all four roles in order.
+        let files = self.files();
+        let all = FileSet {
+            chain: Some(files.chain.clone().unwrap_or_default()),
+            bundle: Some(files.bundle.clone().unwrap_or_default()),
+            ..files
+        };
+        env.extend(
+            all.iter()
+                .map(|(role, p)| (role.env_var(), p.display().to_string())),
+        );
+        env.push(("CERTKEEPER_NOT_AFTER", self.not_after.clone()));
+        env.push(("CERTKEEPER_SERIAL", self.serial.clone()));
+        env
     }
 }
 
@@ -305,26 +320,62 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<(), HookError> {
     let shown = show_argv(argv);
+    let mut child = spawn(argv, env, stdin.is_some()).map_err(|source| HookError::Spawn {
+        argv: shown.clone(),
+        source,
+    })?;
+    let (status, stdout, stderr) = supervise(&mut child, stdin, timeout).await;
+    log_output(label, cert, &stdout, &stderr);
+    match status {
+        None => {
+            let _ = child.wait().await;
+            Err(HookError::Timeout {
+                argv: shown,
+                secs: timeout.as_secs(),
+                tail: tail(&stderr, &stdout),
+            })
+        }
+        Some(Err(source)) => Err(HookError::Spawn {
+            argv: shown,
+            source,
+        }),
+        Some(Ok(s)) if s.success() => Ok(()),
+        Some(Ok(s)) => Err(HookError::Failed {
+            argv: shown,
+            status: s.to_string(),
+            tail: tail(&stderr, &stdout),
+        }),
+    }
+}
+
+/// Starts the command in its own process group with piped output (and stdin if given).
+fn spawn(argv: &[String], env: &[(&str, String)], stdin: bool) -> std::io::Result<Child> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
-        argv: shown.clone(),
-        source,
-    })?;
-    let pid = child.id();
+    cmd.spawn()
+}
+
+/// The exit status (`None` when the timeout struck first and the group was killed) and
+/// the kept output of both streams.
+type Supervised = (
+    Option<std::io::Result<std::process::ExitStatus>>,
+    Captured,
+    Captured,
+);
+
+/// Feeds stdin, drains both streams and waits for the child, all at once, until it exits
+/// or `timeout` passes (then its whole process group is killed). Output still in the
+/// pipes is read for at most [`DRAIN_GRACE`] after the exit.
+async fn supervise(child: &mut Child, stdin: Option<Vec<u8>>, timeout: Duration) -> Supervised {
     // If this future is dropped (a daemon shutting down mid-order), the whole group goes,
     // not just the direct child that `kill_on_drop` covers.
-    let mut group = GroupGuard(pid.map(|p| nix::unistd::Pid::from_raw(p as i32)));
+    let mut group = GroupGuard(child.id().map(|p| nix::unistd::Pid::from_raw(p as i32)));
     let writer = child.stdin.take();
     let out = child.stdout.take().expect("piped");
     let err = child.stderr.take().expect("piped");
@@ -368,29 +419,7 @@ pub async fn run(
         }
         status
     };
-    let stdout = out_tail.finish();
-    let stderr = err_tail.finish();
-    log_output(label, cert, &stdout, &stderr);
-    match status {
-        None => {
-            let _ = child.wait().await;
-            Err(HookError::Timeout {
-                argv: shown,
-                secs: timeout.as_secs(),
-                tail: tail(&stderr, &stdout),
-            })
-        }
-        Some(Err(source)) => Err(HookError::Spawn {
-            argv: shown,
-            source,
-        }),
-        Some(Ok(s)) if s.success() => Ok(()),
-        Some(Ok(s)) => Err(HookError::Failed {
-            argv: shown,
-            status: s.to_string(),
-            tail: tail(&stderr, &stdout),
-        }),
-    }
+    (status, out_tail.finish(), err_tail.finish())
 }
 
 /// Kills a hook's process group when dropped while armed.
@@ -497,6 +526,38 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(got.lines().nth(1).unwrap()).unwrap();
         assert_eq!(json["serial"], "0a");
         assert_eq!(json["domains"][1], "b.example");
+    }
+
+    /// Every file variable is set, in the documented order, empty when not configured.
+    #[test]
+    fn env_names_every_file_and_leaves_unconfigured_ones_empty() {
+        let ev = HookEvent {
+            event: "installed",
+            name: "www".into(),
+            domains: vec!["a.example".into()],
+            cert_path: "/c".into(),
+            key_path: "/k".into(),
+            chain_path: None,
+            bundle_path: Some("/b".into()),
+            not_after: "2026-01-01T00:00:00Z".into(),
+            serial: "0a".into(),
+        };
+        let env = ev.env();
+        let got: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("CERTKEEPER_EVENT", "installed"),
+                ("CERTKEEPER_NAME", "www"),
+                ("CERTKEEPER_DOMAINS", "a.example"),
+                ("CERTKEEPER_CERT_PATH", "/c"),
+                ("CERTKEEPER_KEY_PATH", "/k"),
+                ("CERTKEEPER_CHAIN_PATH", ""),
+                ("CERTKEEPER_BUNDLE_PATH", "/b"),
+                ("CERTKEEPER_NOT_AFTER", "2026-01-01T00:00:00Z"),
+                ("CERTKEEPER_SERIAL", "0a"),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -6,14 +6,14 @@
 //! from the CA" and "what we consider valid on disk" can never drift apart. This module
 //! does no I/O beyond reading files, and never decides *when* to renew (see `policy`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ::time::OffsetDateTime;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::config::CertConfig;
+use crate::fileset::FileSet;
 
 /// Facts about a parsed leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,30 +66,72 @@ impl OnDisk {
     }
 }
 
+/// Why PEM text (or the leaf in it) cannot be used. The messages name no file: a caller
+/// that read one says which (see [`PemFileError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// The text is not well-formed PEM.
+    #[error("not valid PEM: {0}")]
+    NotPem(rustls_pki_types::pem::Error),
+    /// Well-formed, but without a single certificate.
+    #[error("contains no PEM CERTIFICATE block")]
+    NoCertificate,
+    /// Well-formed, but without a private key.
+    #[error("contains no PEM private key")]
+    NoKey,
+    /// A private key block that does not decode.
+    #[error("not a valid PEM private key: {0}")]
+    BadKey(rustls_pki_types::pem::Error),
+    /// No certificate to take the leaf from.
+    #[error("empty certificate chain")]
+    EmptyChain,
+    /// The leaf is not a parseable X.509 certificate.
+    #[error("leaf certificate does not parse: {0}")]
+    LeafParse(x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
+/// Why a PEM file cannot be used: unreadable, or its content fails (naming the file).
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    /// Missing, not a regular file, too large or unreadable (the message names the path).
+    #[error(transparent)]
+    Read(#[from] crate::fsx::ReadError),
+    /// Read, but the content is not usable.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        source: PemError,
+    },
+}
+
 /// Reads every certificate in a PEM file, with an error that names the file.
 /// Bounded and regular files only, so a FIFO or a huge file given as `ca_bundle` fails
 /// with a message instead of hanging.
-pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data =
-        crate::fsx::read_regular(path, crate::fsx::PEM_LIMIT, true).map_err(|e| e.to_string())?;
-    parse_pem_certs(&data).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+    let data = crate::fsx::read_regular(path, crate::fsx::PEM_LIMIT, true)?;
+    parse_pem_certs(&data).map_err(|source| PemFileError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Parses all `CERTIFICATE` blocks in PEM text.
-pub fn parse_pem_certs(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn parse_pem_certs(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(data).collect();
-    let certs = certs.map_err(|e| format!("not valid PEM: {e}"))?;
+    let certs = certs.map_err(PemError::NotPem)?;
     if certs.is_empty() {
-        return Err("contains no PEM CERTIFICATE block".into());
+        return Err(PemError::NoCertificate);
     }
     Ok(certs)
 }
 
 /// Parses the first private key in PEM text (PKCS#8, SEC1 or PKCS#1).
-pub fn parse_pem_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+pub fn parse_pem_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, PemError> {
     PrivateKeyDer::from_pem_slice(data).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => "contains no PEM private key".to_string(),
-        e => format!("not a valid PEM private key: {e}"),
+        rustls_pki_types::pem::Error::NoItemsFound => PemError::NoKey,
+        e => PemError::BadKey(e),
     })
 }
 
@@ -101,10 +143,9 @@ fn key_public_raw(key: &PrivateKeyDer<'_>) -> Result<Vec<u8>, String> {
 }
 
 /// Parses a leaf DER into [`CertInfo`].
-pub fn cert_info(chain: &[CertificateDer<'_>]) -> Result<CertInfo, String> {
-    let leaf = chain.first().ok_or("empty certificate chain")?;
-    let (_, x) = X509Certificate::from_der(leaf.as_ref())
-        .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
+pub fn cert_info(chain: &[CertificateDer<'_>]) -> Result<CertInfo, PemError> {
+    let leaf = chain.first().ok_or(PemError::EmptyChain)?;
+    let (_, x) = X509Certificate::from_der(leaf.as_ref()).map_err(PemError::LeafParse)?;
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = x.subject_alternative_name() {
         for n in &ext.value.general_names {
@@ -177,7 +218,7 @@ fn verify_contents(
 ) -> Result<CertInfo, SetFault> {
     let chain =
         parse_pem_certs(chain_pem).map_err(|e| (format!("certificate {e}"), None, false))?;
-    let info = cert_info(&chain).map_err(|e| (e, None, false))?;
+    let info = cert_info(&chain).map_err(|e| (e.to_string(), None, false))?;
     let fail = |m: String, key: bool| (m, Some(Box::new(info.clone())), key);
     let key = parse_pem_key(key_pem).map_err(|e| fail(format!("key {e}"), true))?;
     let key_pub = key_public_raw(&key).map_err(|e| fail(e, true))?;
@@ -251,9 +292,10 @@ pub fn verify_set(
     Ok(info)
 }
 
-/// Reads a certificate's installed files and classifies them. Expiry is not "invalid" here:
-/// an expired but otherwise intact set is `Present`, and the policy reports it as expired.
-pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
+/// Reads a certificate's installed files and classifies them against the configured
+/// `domains`. Expiry is not "invalid" here: an expired but otherwise intact set is
+/// `Present`, and the policy reports it as expired.
+pub fn inspect(files: &FileSet, domains: &[String], now: OffsetDateTime) -> OnDisk {
     // Bounded, regular files only (symlinks followed: certbot live/, Kubernetes ..data), so
     // a FIFO or device at a path is reported instead of hanging the run.
     let read = |p: &Path| match crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true) {
@@ -264,11 +306,11 @@ pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
             info: None,
         }),
     };
-    let chain_pem = match read(&cert.cert_path) {
+    let chain_pem = match read(&files.cert) {
         Ok(d) => d,
         Err(s) => return s,
     };
-    let key_pem = match read(&cert.key_path) {
+    let key_pem = match read(&files.key) {
         Ok(d) => d,
         Err(s) => return s,
     };
@@ -276,17 +318,13 @@ pub fn inspect(cert: &CertConfig, now: OffsetDateTime) -> OnDisk {
         reason: format!("{}: {reason}", file.display()),
         info,
     };
-    match verify_contents(&key_pem, &chain_pem, &cert.domains) {
+    match verify_contents(&key_pem, &chain_pem, domains) {
         Ok(info) => match not_yet_valid(&info, now) {
-            Some(m) => invalid(&cert.cert_path, m, Some(Box::new(info))),
+            Some(m) => invalid(&files.cert, m, Some(Box::new(info))),
             None => OnDisk::Present(info),
         },
         Err((reason, info, key_file)) => {
-            let file = if key_file {
-                &cert.key_path
-            } else {
-                &cert.cert_path
-            };
+            let file = if key_file { &files.key } else { &files.cert };
             invalid(file, reason, info)
         }
     }
@@ -335,32 +373,28 @@ impl SecretMode {
     }
 }
 
-/// The modes of the key and bundle files that exist (a missing file is reported by
-/// [`inspect`], not here).
-pub fn secret_modes(cert: &CertConfig) -> Vec<SecretMode> {
+/// The modes of the files holding the key ([`crate::fileset::Role::secret`]) that exist, against the
+/// configured `key_mode` (a missing file is reported by [`inspect`], not here).
+pub fn secret_modes(files: &FileSet, key_mode: u32) -> Vec<SecretMode> {
     use std::os::unix::fs::PermissionsExt;
-    let files = [
-        ("key_path", Some(&cert.key_path)),
-        ("bundle_path", cert.bundle_path.as_ref()),
-    ];
     files
-        .into_iter()
-        .filter_map(|(setting, p)| {
-            let p = p?;
+        .iter()
+        .filter(|(role, _)| role.secret())
+        .filter_map(|(role, p)| {
             let m = std::fs::metadata(p).ok()?;
             Some(SecretMode {
-                setting,
-                path: p.clone(),
+                setting: role.config_key(),
+                path: p.to_path_buf(),
                 mode: m.permissions().mode() & 0o7777,
-                expected: cert.key_mode,
+                expected: key_mode,
             })
         })
         .collect()
 }
 
 /// Warnings for key/bundle files more open than `key_mode`, for `status` and `check`.
-pub fn mode_warnings(cert: &CertConfig) -> Vec<String> {
-    secret_modes(cert)
+pub fn mode_warnings(files: &FileSet, key_mode: u32) -> Vec<String> {
+    secret_modes(files, key_mode)
         .iter()
         .filter_map(SecretMode::warning)
         .collect()
@@ -461,6 +495,7 @@ mod tests {
         assert!(
             parse_pem_key(b"nope")
                 .unwrap_err()
+                .to_string()
                 .contains("no PEM private key")
         );
     }
@@ -485,61 +520,56 @@ mod tests {
         (key.serialize_pem(), leaf.pem(), ca.pem())
     }
 
-    fn cert_cfg(dir: &Path, extra: &str) -> CertConfig {
-        let src = format!(
-            r#"
-state_dir = "{d}/state"
-[acme]
-directory = "https://127.0.0.1:1/dir"
-[[cert]]
-name = "t"
-domains = ["a.example"]
-cert_path = "{d}/cert.pem"
-key_path = "{d}/key.pem"
-http01_listen = "127.0.0.1:1"
-{extra}
-"#,
-            d = dir.display()
-        );
-        crate::config::Config::from_str_at(&src, Path::new("t.toml"), dir)
-            .unwrap()
-            .certs
-            .remove(0)
+    /// The files of a certificate `a.example` in `dir` (cert.pem, key.pem, and a bundle if
+    /// given).
+    fn cert_files(dir: &Path, bundle: Option<PathBuf>) -> FileSet {
+        FileSet {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            chain: None,
+            bundle,
+        }
+    }
+
+    /// The configured names of the certificate [`cert_files`] describes.
+    fn names() -> Vec<String> {
+        doms(&["a.example"])
     }
 
     /// Issuer first, leaf second used to be reported as "key does not match" on key_path.
     #[test]
     fn scrambled_chain_is_reported_as_chain_order_on_the_cert_file() {
         let d = tempfile::tempdir().unwrap();
-        let c = cert_cfg(d.path(), "");
+        let c = cert_files(d.path(), None);
         let (k, leaf, ca) = issued(&["a.example"]);
-        std::fs::write(&c.key_path, &k).unwrap();
-        std::fs::write(&c.cert_path, format!("{leaf}{ca}")).unwrap();
+        std::fs::write(&c.key, &k).unwrap();
+        std::fs::write(&c.cert, format!("{leaf}{ca}")).unwrap();
         assert!(matches!(
-            inspect(&c, OffsetDateTime::now_utc()),
+            inspect(&c, &names(), OffsetDateTime::now_utc()),
             OnDisk::Present(_)
         ));
-        std::fs::write(&c.cert_path, format!("{ca}{leaf}")).unwrap();
-        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+        std::fs::write(&c.cert, format!("{ca}{leaf}")).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, &names(), OffsetDateTime::now_utc())
+        else {
             panic!("scrambled chain accepted")
         };
         assert!(reason.contains("chain order is wrong"), "{reason}");
         assert!(reason.contains("leaf"), "{reason}");
         assert!(!reason.contains("does not match"), "{reason}");
         assert!(
-            reason.starts_with(&c.cert_path.display().to_string()),
+            reason.starts_with(&c.cert.display().to_string()),
             "{reason}"
         );
         // A genuinely foreign key is still a key mismatch on key_path.
         let (other, _) = make(&["a.example"], 1);
-        std::fs::write(&c.cert_path, format!("{leaf}{ca}")).unwrap();
-        std::fs::write(&c.key_path, other).unwrap();
-        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+        std::fs::write(&c.cert, format!("{leaf}{ca}")).unwrap();
+        std::fs::write(&c.key, other).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, &names(), OffsetDateTime::now_utc())
+        else {
             panic!("foreign key accepted")
         };
         assert!(
-            reason.starts_with(&c.key_path.display().to_string())
-                && reason.contains("does not match"),
+            reason.starts_with(&c.key.display().to_string()) && reason.contains("does not match"),
             "{reason}"
         );
     }
@@ -547,34 +577,33 @@ http01_listen = "127.0.0.1:1"
     #[test]
     fn fifo_or_directory_at_a_path_is_invalid_and_named() {
         let d = tempfile::tempdir().unwrap();
-        let c = cert_cfg(d.path(), "");
+        let c = cert_files(d.path(), None);
         let (k, _) = make(&["a.example"], 1);
-        std::fs::write(&c.key_path, k).unwrap();
-        nix::unistd::mkfifo(
-            &c.cert_path,
-            nix::sys::stat::Mode::from_bits_truncate(0o644),
-        )
-        .unwrap();
-        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+        std::fs::write(&c.key, k).unwrap();
+        nix::unistd::mkfifo(&c.cert, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, &names(), OffsetDateTime::now_utc())
+        else {
             panic!("FIFO accepted")
         };
         assert!(
             reason.contains("is a FIFO") && reason.contains("cert.pem"),
             "{reason}"
         );
-        std::fs::remove_file(&c.cert_path).unwrap();
-        std::fs::create_dir(&c.cert_path).unwrap();
-        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+        std::fs::remove_file(&c.cert).unwrap();
+        std::fs::create_dir(&c.cert).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, &names(), OffsetDateTime::now_utc())
+        else {
             panic!("directory accepted")
         };
         assert!(reason.contains("is a directory"), "{reason}");
-        std::fs::remove_dir(&c.cert_path).unwrap();
-        std::fs::write(&c.cert_path, vec![b'x'; 2 * 1024 * 1024]).unwrap();
-        let OnDisk::Invalid { reason, .. } = inspect(&c, OffsetDateTime::now_utc()) else {
+        std::fs::remove_dir(&c.cert).unwrap();
+        std::fs::write(&c.cert, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+        let OnDisk::Invalid { reason, .. } = inspect(&c, &names(), OffsetDateTime::now_utc())
+        else {
             panic!("huge file accepted")
         };
         assert!(reason.contains("larger than 1 MiB"), "{reason}");
-        let e = read_pem_certs(&c.cert_path).unwrap_err();
+        let e = read_pem_certs(&c.cert).unwrap_err().to_string();
         assert!(e.contains("larger than 1 MiB"), "{e}");
     }
 
@@ -583,18 +612,18 @@ http01_listen = "127.0.0.1:1"
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let bundle = d.path().join("bundle.pem");
-        let c = cert_cfg(d.path(), &format!("bundle_path = \"{}\"", bundle.display()));
-        for (p, m) in [(&c.key_path, 0o644), (&bundle, 0o640)] {
+        let c = cert_files(d.path(), Some(bundle.clone()));
+        for (p, m) in [(&c.key, 0o644), (&bundle, 0o640)] {
             std::fs::write(p, b"x").unwrap();
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
         }
-        let w = mode_warnings(&c);
+        let w = mode_warnings(&c, 0o600);
         assert_eq!(
             w,
             vec![
                 format!(
                     "key_path {} is mode 0644, readable by others; expected 0600",
-                    c.key_path.display()
+                    c.key.display()
                 ),
                 format!(
                     "bundle_path {} is mode 0640, readable by its group; expected 0600",
@@ -602,15 +631,53 @@ http01_listen = "127.0.0.1:1"
                 ),
             ]
         );
-        let modes = secret_modes(&c);
+        let modes = secret_modes(&c, 0o600);
         assert_eq!(modes[0].mode, 0o644);
-        for p in [&c.key_path, &bundle] {
+        for p in [&c.key, &bundle] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o400)).unwrap();
         }
-        assert!(mode_warnings(&c).is_empty());
+        assert!(mode_warnings(&c, 0o600).is_empty());
         assert!(mode_too_open(0o644, 0o600));
         assert!(!mode_too_open(0o640, 0o640));
         assert!(mode_too_open(0o4600, 0o600));
+    }
+
+    /// The typed errors keep the messages the `String` errors had: the file first when
+    /// one was read, then the cause.
+    #[test]
+    fn pem_errors_name_the_file_and_the_cause() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ca.pem");
+        std::fs::write(&p, "hello\n").unwrap();
+        let e = read_pem_certs(&p).unwrap_err();
+        assert!(matches!(
+            e,
+            PemFileError::Parse {
+                source: PemError::NoCertificate,
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            format!("{}: contains no PEM CERTIFICATE block", p.display())
+        );
+        let missing = d.path().join("nope.pem");
+        let e = read_pem_certs(&missing).unwrap_err();
+        assert!(
+            matches!(&e, PemFileError::Read(r) if r.is_not_found()),
+            "{e}"
+        );
+        assert!(e.to_string().contains("nope.pem"), "{e}");
+        assert_eq!(
+            cert_info(&[]).unwrap_err().to_string(),
+            "empty certificate chain"
+        );
+        let (k, _) = make(&["a.example"], 1);
+        let e = parse_pem_key(&k.as_bytes()[..k.len() / 2]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("not a valid PEM private key: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -22,7 +22,6 @@
 //! - [`fault`]: named crash points for the fault-injection tests (debug builds only).
 //! - [`clock`]: the injectable wall clock (system, tokio-driven for tests, manual).
 //! - [`timefmt`]: how times and durations are shown (RFC 3339, `2d3h`).
-//! - [`metrics`]: Prometheus rendering shared by `/metrics` and `--metrics-file`.
 
 pub mod acme;
 pub mod challenge;
@@ -36,7 +35,7 @@ pub mod fsx;
 pub mod hooks;
 pub mod inventory;
 pub mod keys;
-pub mod metrics;
+
 pub mod owner;
 pub mod pass;
 pub mod policy;

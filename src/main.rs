@@ -129,7 +129,7 @@ fn check(path: &Path) -> ExitCode {
     }
     // Warnings, not errors: `renew` repairs these through the store.
     for c in &cfg.certs {
-        for w in certkeeper::inventory::mode_warnings(c) {
+        for w in certkeeper::inventory::mode_warnings(&c.files(), c.key_mode) {
             println!("warning: certificate {}: {w} (renew repairs it)", c.name);
         }
     }
@@ -237,7 +237,7 @@ fn renew(
     let result = runtime()?.block_on(pass::renew(cfg.clone(), opts, clock.clone()));
     if let Some(mf) = &metrics_file {
         let rows = report::status(&cfg, clock.now());
-        if let Err(e) = certkeeper::metrics::write_textfile(mf, &rows) {
+        if let Err(e) = report::metrics::write_textfile(mf, &rows) {
             eprintln!(
                 "certkeeper: cannot write metrics file {}: {e}",
                 mf.display()

@@ -11,7 +11,7 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::config::RenewBefore;
-use crate::inventory::OnDisk;
+use crate::inventory::{CertInfo, OnDisk};
 use crate::timefmt::{format_duration, rfc3339};
 
 /// The state a certificate is in, as `status` reports it.
@@ -103,39 +103,89 @@ pub fn decide(
     now: OffsetDateTime,
     rng: &mut impl Rng,
 ) -> Decision {
+    let info = match usable(disk, now) {
+        Ok(info) => info,
+        Err(d) => return d,
+    };
+    let lifetime = info.lifetime().max(Duration::seconds(1));
+    let (threshold_at, rule, mut reason) = threshold(info, lifetime, renew_before);
+    // The jitter draw comes before the ARI one: the order of draws is part of what makes
+    // `renew_at` stable for a given seed.
+    let jitter = lifetime * (rng.random::<f64>() * JITTER_SHARE);
+    let jittered = threshold_at - jitter;
+    if jitter >= Duration::seconds(1) {
+        reason.push_str(&format!(
+            " (jittered {} earlier)",
+            format_duration(secs(jitter))
+        ));
+    }
+    let (renew_at, rule, reason) = match ari {
+        Some(w) => with_ari(w, jittered, &reason, now, rng),
+        None => (jittered, rule, reason),
+    };
+    let due = now >= renew_at;
+    Decision {
+        state: if due {
+            CertState::Due
+        } else {
+            CertState::Valid
+        },
+        due,
+        renew_at,
+        rule,
+        reason,
+    }
+}
+
+/// Renew now: the immediate decision for a set that is missing, invalid or expired.
+fn renew_now(state: CertState, rule: Rule, reason: String, now: OffsetDateTime) -> Decision {
+    Decision {
+        state,
+        due: true,
+        renew_at: now,
+        rule,
+        reason,
+    }
+}
+
+/// The leaf's facts when the set on disk is usable and not expired; otherwise the
+/// decision to renew at once.
+fn usable(disk: &OnDisk, now: OffsetDateTime) -> Result<&CertInfo, Decision> {
     let info = match disk {
         OnDisk::Missing(why) => {
-            return Decision {
-                state: CertState::Missing,
-                due: true,
-                renew_at: now,
-                rule: Rule::NoCertificate,
-                reason: format!("missing: {why}"),
-            };
+            let reason = format!("missing: {why}");
+            return Err(renew_now(
+                CertState::Missing,
+                Rule::NoCertificate,
+                reason,
+                now,
+            ));
         }
         OnDisk::Invalid { reason, .. } => {
-            return Decision {
-                state: CertState::Invalid,
-                due: true,
-                renew_at: now,
-                rule: Rule::NoCertificate,
-                reason: format!("invalid: {reason}"),
-            };
+            let reason = format!("invalid: {reason}");
+            return Err(renew_now(
+                CertState::Invalid,
+                Rule::NoCertificate,
+                reason,
+                now,
+            ));
         }
         OnDisk::Present(info) => info,
     };
     if now >= info.not_after {
-        return Decision {
-            state: CertState::Expired,
-            due: true,
-            renew_at: now,
-            rule: Rule::Expired,
-            reason: format!("expired at {}", crate::timefmt::rfc3339(info.not_after)),
-        };
+        let reason = format!("expired at {}", crate::timefmt::rfc3339(info.not_after));
+        return Err(renew_now(CertState::Expired, Rule::Expired, reason, now));
     }
+    Ok(info)
+}
 
-    let lifetime = info.lifetime().max(Duration::seconds(1));
-    let (threshold_at, rule, mut reason) = match renew_before {
+/// The configured threshold before jitter, the rule that set it and why.
+fn threshold(
+    info: &CertInfo,
+    lifetime: Duration,
+    renew_before: RenewBefore,
+) -> (OffsetDateTime, Rule, String) {
+    match renew_before {
         RenewBefore::Fraction(f) => (
             info.not_after - lifetime * f,
             Rule::Fraction,
@@ -165,63 +215,47 @@ pub fn decide(
                 )
             }
         }
-    };
-    let jitter = lifetime * (rng.random::<f64>() * JITTER_SHARE);
-    let jittered = threshold_at - jitter;
-    if jitter >= Duration::seconds(1) {
-        reason.push_str(&format!(
-            " (jittered {} earlier)",
-            format_duration(secs(jitter))
-        ));
     }
+}
 
-    let (renew_at, rule, reason) = match ari {
-        Some(w) => {
-            let ari_at = if w.start <= now {
-                now
-            } else {
-                let span = (w.end - w.start).max(Duration::ZERO);
-                w.start + span * rng.random::<f64>()
-            };
-            if ari_at <= jittered {
-                let why = if w.start <= now {
-                    format!(
-                        "ARI: the CA's renewal window opened at {}",
-                        crate::timefmt::rfc3339(w.start)
-                    )
-                } else {
-                    format!(
-                        "ARI: random point in the CA's window {} .. {}",
-                        crate::timefmt::rfc3339(w.start),
-                        crate::timefmt::rfc3339(w.end)
-                    )
-                };
-                (ari_at, Rule::Ari, why)
-            } else {
-                (
-                    jittered,
-                    Rule::UserCap,
-                    format!(
-                        "{reason}; comes before the point picked in the CA's ARI window ({})",
-                        crate::timefmt::rfc3339(ari_at)
-                    ),
-                )
-            }
-        }
-        None => (jittered, rule, reason),
+/// Combines the jittered user threshold with the CA's ARI window: a random point in the
+/// window (now, once it opened), unless the user's threshold comes first.
+fn with_ari(
+    w: &AriWindow,
+    jittered: OffsetDateTime,
+    reason: &str,
+    now: OffsetDateTime,
+    rng: &mut impl Rng,
+) -> (OffsetDateTime, Rule, String) {
+    let ari_at = if w.start <= now {
+        now
+    } else {
+        let span = (w.end - w.start).max(Duration::ZERO);
+        w.start + span * rng.random::<f64>()
     };
-    let due = now >= renew_at;
-    Decision {
-        state: if due {
-            CertState::Due
-        } else {
-            CertState::Valid
-        },
-        due,
-        renew_at,
-        rule,
-        reason,
+    if ari_at > jittered {
+        return (
+            jittered,
+            Rule::UserCap,
+            format!(
+                "{reason}; comes before the point picked in the CA's ARI window ({})",
+                crate::timefmt::rfc3339(ari_at)
+            ),
+        );
     }
+    let why = if w.start <= now {
+        format!(
+            "ARI: the CA's renewal window opened at {}",
+            crate::timefmt::rfc3339(w.start)
+        )
+    } else {
+        format!(
+            "ARI: random point in the CA's window {} .. {}",
+            crate::timefmt::rfc3339(w.start),
+            crate::timefmt::rfc3339(w.end)
+        )
+    };
+    (ari_at, Rule::Ari, why)
 }
 
 /// Let's Encrypt's retry guidance: 1 min, 10 min, 100 min, then once a day.

@@ -25,6 +25,7 @@
 //! Every error names the certificate ([`StoreError::cert`]) so a caller iterating over
 //! certificates can attribute it to that one only.
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CertConfig, Layout};
+use crate::fileset::{FileSet, Role};
 use crate::fsx::{self, PEM_LIMIT, fsync_dir, parent};
 use crate::state::StateDir;
 
@@ -208,25 +210,61 @@ fn prev_path(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.prev", path.display()))
 }
 
-/// The paths certkeeper would write for a certificate, with their configured modes.
-fn targets(cert: &CertConfig) -> Vec<(&Path, u32)> {
-    let mut v = vec![
-        (cert.key_path.as_path(), cert.key_mode),
-        (cert.cert_path.as_path(), cert.cert_mode),
-    ];
-    if let Some(p) = &cert.chain_path {
-        v.push((p, cert.cert_mode));
-    }
-    if let Some(p) = &cert.bundle_path {
-        v.push((p, cert.key_mode));
-    }
+/// The files certkeeper writes for a certificate, in install order: the key first, then
+/// the others in [`FileSet::iter`] order (cert, chain, bundle). The order is the one the
+/// staging manifest records and installs follow, so the crash suite's fault points
+/// (`install-prev@N`, `install-rename@N`) keep meaning the same file.
+fn targets(files: &FileSet) -> Vec<(Role, &Path)> {
+    let mut v: Vec<(Role, &Path)> = files.iter().collect();
+    // Stable: only the key moves, the rest keep their fixed order.
+    v.sort_by_key(|(role, _)| *role != Role::Key);
     v
+}
+
+/// The configured mode of a file: `key_mode` for anything holding the key.
+fn mode_of(cert: &CertConfig, role: Role) -> u32 {
+    if role.secret() {
+        cert.key_mode
+    } else {
+        cert.cert_mode
+    }
+}
+
+/// The name of a role's file in the staging area (and in a symlink-layout version).
+fn staged_name(role: Role) -> &'static str {
+    match role {
+        Role::Key => "key.pem",
+        Role::Cert => "fullchain.pem",
+        Role::Chain => "chain.pem",
+        Role::Bundle => "bundle.pem",
+    }
+}
+
+/// What a role's file holds in a new set.
+fn content(set: &NewSet, role: Role) -> Cow<'_, str> {
+    match role {
+        Role::Key => Cow::Borrowed(&set.key_pem),
+        Role::Cert => Cow::Borrowed(&set.fullchain_pem),
+        Role::Chain => Cow::Borrowed(&set.chain_pem),
+        Role::Bundle => Cow::Owned(format!("{}{}", set.key_pem, set.fullchain_pem)),
+    }
+}
+
+/// Resolves the configured owner and group, as a store error naming the certificate.
+fn owner_of(cert: &CertConfig) -> Result<(Option<u32>, Option<u32>), StoreError> {
+    resolve_owner(cert.owner.as_deref(), cert.group.as_deref()).map_err(|message| {
+        StoreError::Owner {
+            cert: cert.name.clone(),
+            message,
+        }
+    })
 }
 
 /// Refuses a target (or its `.prev`) that exists but is not a regular file. Call it before
 /// ordering, too: a FIFO at `cert_path` will refuse the install whatever the CA sends.
 pub fn preflight(cert: &CertConfig) -> Result<(), StoreError> {
-    for (p, _) in targets(cert) {
+    let files = cert.files();
+    for (_, p) in targets(&files) {
         check_regular(&cert.name, p)?;
         check_regular(&cert.name, &prev_path(p))?;
     }
@@ -273,83 +311,14 @@ fn manifest_path(state: &StateDir, name: &str) -> PathBuf {
 pub fn stage(state: &StateDir, cert: &CertConfig, set: &NewSet) -> Result<(), StoreError> {
     let name = cert.name.as_str();
     preflight(cert)?;
-    let dir = state.staging_dir(name);
-    // Anything there without a manifest is an abandoned half-staging; with a manifest it
-    // would have been rolled forward before we got here.
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io(name, &dir))?;
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io(name, &dir))?;
-    let owner = resolve_owner(cert.owner.as_deref(), cert.group.as_deref()).map_err(|message| {
-        StoreError::Owner {
-            cert: name.to_string(),
-            message,
-        }
-    })?;
-    let bundle = format!("{}{}", set.key_pem, set.fullchain_pem);
-    let mut files: Vec<(&str, &[u8], &Path, u32)> = vec![
-        (
-            "key.pem",
-            set.key_pem.as_bytes(),
-            &cert.key_path,
-            cert.key_mode,
-        ),
-        (
-            "fullchain.pem",
-            set.fullchain_pem.as_bytes(),
-            &cert.cert_path,
-            cert.cert_mode,
-        ),
-    ];
-    if let Some(p) = &cert.chain_path {
-        files.push(("chain.pem", set.chain_pem.as_bytes(), p, cert.cert_mode));
-    }
-    if let Some(p) = &cert.bundle_path {
-        files.push(("bundle.pem", bundle.as_bytes(), p, cert.key_mode));
-    }
-    let mut entries = Vec::new();
-    for (staged, data, target, mode) in files {
-        let p = dir.join(staged);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(io(name, &p))?;
-        f.write_all(data).map_err(io(name, &p))?;
-        f.sync_all().map_err(io(name, &p))?;
-        entries.push(Entry {
-            target: target.to_path_buf(),
-            staged: staged.to_string(),
-            mode,
-        });
-    }
-    fsync_dir(&dir).map_err(io(name, &dir))?;
+    let dir = fresh_staging_dir(state, name)?;
+    let owner = owner_of(cert)?;
+    let entries = write_staged(&dir, cert, set)?;
     let (version, base) = match cert.layout {
         Layout::Plain => (None, None),
         Layout::Symlink => {
-            let links = Links::new(parent(&cert.cert_path), name);
-            let serial = crate::inventory::parse_pem_certs(set.fullchain_pem.as_bytes())
-                .ok()
-                .and_then(|c| crate::inventory::cert_info(&c).ok())
-                .map(|i| i.serial);
-            let n = links
-                .versions()
-                .map_err(io(name, &links.root))?
-                .iter()
-                .map(|(k, _)| k.0)
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let v = match serial {
-                Some(s) => format!("v{n}-{}", &s[..s.len().min(16)]),
-                None => format!("v{n}"),
-            };
-            (Some(v), Some(links.base))
+            let (version, base) = next_version(cert, set)?;
+            (Some(version), Some(base))
         }
     };
     let manifest = Manifest {
@@ -367,6 +336,74 @@ pub fn stage(state: &StateDir, cert: &CertConfig, set: &NewSet) -> Result<(), St
         None,
     )
     .map_err(io(name, &mp))
+}
+
+/// An empty staging directory for `name` (0700). Anything there without a manifest is an
+/// abandoned half-staging; with a manifest it would have been rolled forward before we got
+/// here.
+fn fresh_staging_dir(state: &StateDir, name: &str) -> Result<PathBuf, StoreError> {
+    let dir = state.staging_dir(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(name, &dir))?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(name, &dir))?;
+    Ok(dir)
+}
+
+/// Writes every file of the set into `dir` (0600, fsynced, then the directory fsynced)
+/// and returns the manifest entries, in install order (see [`targets`]).
+fn write_staged(dir: &Path, cert: &CertConfig, set: &NewSet) -> Result<Vec<Entry>, StoreError> {
+    let name = cert.name.as_str();
+    let files = cert.files();
+    let mut entries = Vec::new();
+    for (role, target) in targets(&files) {
+        let staged = staged_name(role);
+        let p = dir.join(staged);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(io(name, &p))?;
+        f.write_all(content(set, role).as_bytes())
+            .map_err(io(name, &p))?;
+        f.sync_all().map_err(io(name, &p))?;
+        entries.push(Entry {
+            target: target.to_path_buf(),
+            staged: staged.to_string(),
+            mode: mode_of(cert, role),
+        });
+    }
+    fsync_dir(dir).map_err(io(name, dir))?;
+    Ok(entries)
+}
+
+/// `layout = "symlink"`: the name of the version directory the new set goes to
+/// (`v<N>-<serial prefix>`, N one past the highest there), and the base directory.
+fn next_version(cert: &CertConfig, set: &NewSet) -> Result<(String, PathBuf), StoreError> {
+    let name = cert.name.as_str();
+    let links = Links::new(parent(&cert.cert_path), name);
+    let serial = crate::inventory::parse_pem_certs(set.fullchain_pem.as_bytes())
+        .ok()
+        .and_then(|c| crate::inventory::cert_info(&c).ok())
+        .map(|i| i.serial);
+    let n = links
+        .versions()
+        .map_err(io(name, &links.root))?
+        .iter()
+        .map(|(k, _)| k.0)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let v = match serial {
+        Some(s) => format!("v{n}-{}", &s[..s.len().min(16)]),
+        None => format!("v{n}"),
+    };
+    Ok((v, links.base))
 }
 
 /// Is there a committed, not yet completed install for this certificate?
@@ -387,17 +424,9 @@ fn fault_point(name: &str) {
 /// Only this certificate's files are touched, and every error names it, so one broken
 /// certificate's roll-forward never stands in the way of another's.
 pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
-    let mp = manifest_path(state, name);
-    let raw = match fsx::read_regular(&mp, fsx::STATE_LIMIT, false) {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => return Ok(false),
-        Err(e) => return Err(read_err(name, e)),
+    let Some(manifest) = read_manifest(state, name)? else {
+        return Ok(false);
     };
-    let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| StoreError::Manifest {
-        cert: name.to_string(),
-        path: mp.clone(),
-        message: e.to_string(),
-    })?;
     // Nothing is replaced unless every target can be: check them all before the first rename.
     for e in &manifest.entries {
         check_regular(name, &e.target)?;
@@ -413,14 +442,46 @@ pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
         links.install(&dir, version, &manifest.entries, owner)?;
         return Ok(true);
     }
-    let mut renamed = 0;
+    let work = prepare_plain(name, &dir, &manifest.entries, owner)?;
+    commit_plain(name, work)?;
+    Ok(true)
+}
+
+/// The committed manifest, or `None` when nothing is staged.
+fn read_manifest(state: &StateDir, name: &str) -> Result<Option<Manifest>, StoreError> {
+    let mp = manifest_path(state, name);
+    let raw = match fsx::read_regular(&mp, fsx::STATE_LIMIT, false) {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(read_err(name, e)),
+    };
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| StoreError::Manifest {
+            cert: name.to_string(),
+            path: mp.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// One plain-layout target ready to be renamed into place: the `.prev` copy of what it
+/// replaces (none when there was nothing) and the new content, both on disk.
+type PlainStep<'a> = (&'a Entry, Option<fsx::Prepared>, fsx::Prepared);
+
+/// Writes and fsyncs every new file, and the `.prev` copy of every old one, without
+/// renaming anything yet. A full disk or a file size limit therefore fails before anything
+/// changed, never with a new key beside an old cert. Targets already identical to the
+/// staged copy (installed by an interrupted run) are left out.
+fn prepare_plain<'a>(
+    name: &str,
+    dir: &Path,
+    entries: &'a [Entry],
+    owner: (Option<u32>, Option<u32>),
+) -> Result<Vec<PlainStep<'a>>, StoreError> {
     let mut work = Vec::new();
-    for e in &manifest.entries {
+    for e in entries {
         let staged = dir.join(&e.staged);
         let data = fsx::read_regular(&staged, PEM_LIMIT, false).map_err(|e| read_err(name, e))?;
-        // Every new file, and the `.prev` copy of every old one, is written and fsynced
-        // first; only then are they renamed into place. A full disk or a file size limit
-        // therefore fails before anything changed, never with a new key beside an old cert.
         let prev = match fsx::read_regular(&e.target, PEM_LIMIT, true) {
             Ok(cur) if cur == data => continue, // already installed by an interrupted run
             Ok(cur) => {
@@ -434,6 +495,13 @@ pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
             fsx::prepare(&e.target, &data, e.mode, Some(owner)).map_err(io(name, &e.target))?;
         work.push((e, prev, new));
     }
+    Ok(work)
+}
+
+/// Renames the prepared files into place in manifest order, each `.prev` before its new
+/// file, with the fault points the crash suite kills at.
+fn commit_plain(name: &str, work: Vec<PlainStep<'_>>) -> Result<(), StoreError> {
+    let mut renamed = 0;
     for (e, prev, new) in work {
         if let Some(p) = prev {
             p.commit().map_err(io(name, &prev_path(&e.target)))?;
@@ -446,7 +514,7 @@ pub fn install(state: &StateDir, name: &str) -> Result<bool, StoreError> {
             fault_point("install-after-first-rename");
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Orders version directories: `v<N>[-serial]` is (N, 1); `b<N>`, the bridge made when
@@ -591,6 +659,9 @@ impl Links {
         Ok(())
     }
 
+    /// Installs `version` from the staging area: writes the version directory, links any
+    /// path not linked yet (through a bridge version), switches `.live`, then keeps the
+    /// previous version as `.prev` and prunes older ones.
     fn install(
         &self,
         staging: &Path,
@@ -599,17 +670,7 @@ impl Links {
         owner: (Option<u32>, Option<u32>),
     ) -> Result<(), StoreError> {
         let cert = self.name.as_str();
-        if let Ok(m) = std::fs::symlink_metadata(&self.live)
-            && !m.file_type().is_symlink()
-        {
-            return Err(StoreError::NotRegular {
-                cert: cert.to_string(),
-                source: fsx::ReadError::NotRegular {
-                    path: self.live.clone(),
-                    what: "not the symlink the symlink layout needs there",
-                },
-            });
-        }
+        self.check_live()?;
         for e in entries {
             clean_temps(cert, &e.target)?;
         }
@@ -625,43 +686,76 @@ impl Links {
         self.write_version(version, &files, owner)?;
         let key = version_key(version).unwrap_or((0, 1));
         let mut renamed = 0;
+        self.link_unlinked(entries, key, owner, &mut renamed)?;
 
-        // Paths not yet linked (first install in this layout, migration from plain files, a
-        // newly configured chain_path): first a bridge version holding exactly what readers
-        // see now, `.live` pointed at it, then each path swapped for its link. Every swap
-        // shows the same bytes as before, so the pair stays consistent throughout.
+        // The switch: one rename.
+        self.flip(&self.live, &self.live_text(version), &mut renamed)?;
+        self.keep_prev_and_prune(version, key, entries)
+    }
+
+    /// Refuses a `.live` that exists but is not a symlink: certkeeper did not make it.
+    fn check_live(&self) -> Result<(), StoreError> {
+        if let Ok(m) = std::fs::symlink_metadata(&self.live)
+            && !m.file_type().is_symlink()
+        {
+            return Err(StoreError::NotRegular {
+                cert: self.name.clone(),
+                source: fsx::ReadError::NotRegular {
+                    path: self.live.clone(),
+                    what: "not the symlink the symlink layout needs there",
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Paths not yet linked (first install in this layout, migration from plain files, a
+    /// newly configured chain_path): first a bridge version holding exactly what readers
+    /// see now, `.live` pointed at it, then each path swapped for its link. Every swap
+    /// shows the same bytes as before, so the pair stays consistent throughout.
+    fn link_unlinked(
+        &self,
+        entries: &[Entry],
+        key: VersionKey,
+        owner: (Option<u32>, Option<u32>),
+        renamed: &mut u32,
+    ) -> Result<(), StoreError> {
         let unlinked: Vec<&Entry> = entries
             .iter()
             .filter(|e| !Self::points_at(&e.target, &self.target_text(&e.target, &e.staged)))
             .collect();
-        if !unlinked.is_empty() {
-            let bridge = format!("b{}", key.0);
-            let mut seen = Vec::new();
-            for e in entries {
-                match fsx::read_regular(&e.target, PEM_LIMIT, true) {
-                    Ok(d) => seen.push((e.staged.clone(), d, e.mode)),
-                    Err(err) if err.is_not_found() => {}
-                    Err(err) => return Err(read_err(cert, err)),
-                }
-            }
-            // Nothing on disk yet (a first issuance): no bridge needed.
-            if !seen.is_empty() {
-                self.write_version(&bridge, &seen, owner)?;
-                self.flip(&self.live, &self.live_text(&bridge), &mut renamed)?;
-            }
-            for e in unlinked {
-                self.flip(
-                    &e.target,
-                    &self.target_text(&e.target, &e.staged),
-                    &mut renamed,
-                )?;
+        if unlinked.is_empty() {
+            return Ok(());
+        }
+        let bridge = format!("b{}", key.0);
+        let mut seen = Vec::new();
+        for e in entries {
+            match fsx::read_regular(&e.target, PEM_LIMIT, true) {
+                Ok(d) => seen.push((e.staged.clone(), d, e.mode)),
+                Err(err) if err.is_not_found() => {}
+                Err(err) => return Err(read_err(&self.name, err)),
             }
         }
+        // Nothing on disk yet (a first issuance): no bridge needed.
+        if !seen.is_empty() {
+            self.write_version(&bridge, &seen, owner)?;
+            self.flip(&self.live, &self.live_text(&bridge), renamed)?;
+        }
+        for e in unlinked {
+            self.flip(&e.target, &self.target_text(&e.target, &e.staged), renamed)?;
+        }
+        Ok(())
+    }
 
-        // The switch: one rename.
-        self.flip(&self.live, &self.live_text(version), &mut renamed)?;
-
-        // Keep the newest older version as `.prev`, prune the rest.
+    /// Keeps the newest version older than `key` as `.prev` (the `.prev` links point into
+    /// it) and prunes every other version but `version`.
+    fn keep_prev_and_prune(
+        &self,
+        version: &str,
+        key: VersionKey,
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        let cert = self.name.as_str();
         let versions = self.versions().map_err(io(cert, &self.root))?;
         let prev = versions
             .iter()
@@ -669,24 +763,7 @@ impl Links {
             .max()
             .map(|(_, n)| n.clone());
         for e in entries {
-            let p = prev_path(&e.target);
-            match &prev {
-                Some(prev) if self.root.join(prev).join(&e.staged).exists() => {
-                    let text = self.prev_text(&e.target, prev, &e.staged);
-                    if !Self::points_at(&p, &text) {
-                        fsx::symlink_atomic(&text, &p).map_err(io(cert, &p))?;
-                    }
-                }
-                // A `.prev` link of ours into a version about to be pruned would dangle.
-                _ => {
-                    if std::fs::read_link(&p).is_ok_and(|t| {
-                        t.starts_with(Path::new(".certkeeper").join(&self.name))
-                            || t.starts_with(&self.root)
-                    }) {
-                        std::fs::remove_file(&p).map_err(io(cert, &p))?;
-                    }
-                }
-            }
+            self.link_prev(e, prev.as_deref())?;
         }
         for (_, n) in &versions {
             if n != version && Some(n) != prev.as_ref() {
@@ -695,6 +772,31 @@ impl Links {
             }
         }
         fsync_dir(&self.root).map_err(io(cert, &self.root))
+    }
+
+    /// Points an entry's `.prev` into the previous version, or removes a `.prev` link of
+    /// ours when that version lacks the file (it would dangle once pruned).
+    fn link_prev(&self, e: &Entry, prev: Option<&str>) -> Result<(), StoreError> {
+        let cert = self.name.as_str();
+        let p = prev_path(&e.target);
+        match prev {
+            Some(prev) if self.root.join(prev).join(&e.staged).exists() => {
+                let text = self.prev_text(&e.target, prev, &e.staged);
+                if !Self::points_at(&p, &text) {
+                    fsx::symlink_atomic(&text, &p).map_err(io(cert, &p))?;
+                }
+            }
+            // A `.prev` link of ours into a version about to be pruned would dangle.
+            _ => {
+                if std::fs::read_link(&p).is_ok_and(|t| {
+                    t.starts_with(Path::new(".certkeeper").join(&self.name))
+                        || t.starts_with(&self.root)
+                }) {
+                    std::fs::remove_file(&p).map_err(io(cert, &p))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -727,16 +829,11 @@ pub fn repair_modes(state: &StateDir, cert: &CertConfig) -> Result<Vec<PathBuf>,
     if has_staged(state, name) {
         return Ok(Vec::new());
     }
-    let owner = resolve_owner(cert.owner.as_deref(), cert.group.as_deref()).map_err(|message| {
-        StoreError::Owner {
-            cert: name.to_string(),
-            message,
-        }
-    })?;
+    let owner = owner_of(cert)?;
     let mut repaired = Vec::new();
-    let secrets = [Some(&cert.key_path), cert.bundle_path.as_ref()];
-    for path in secrets.into_iter().flatten() {
-        for p in [path.clone(), prev_path(path)] {
+    let files = cert.files();
+    for (_, path) in files.iter().filter(|(role, _)| role.secret()) {
+        for p in [path.to_path_buf(), prev_path(path)] {
             let meta = match std::fs::metadata(&p) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -804,6 +901,28 @@ http01_listen = "127.0.0.1:1"
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// The order manifests record and installs follow; the crash suite's fault points
+    /// (`install-prev@N`) count on it.
+    #[test]
+    fn install_order_is_key_cert_chain_bundle() {
+        let files = FileSet {
+            cert: "/c".into(),
+            key: "/k".into(),
+            chain: Some("/ch".into()),
+            bundle: Some("/b".into()),
+        };
+        let order: Vec<&str> = targets(&files)
+            .into_iter()
+            .map(|(role, _)| staged_name(role))
+            .collect();
+        assert_eq!(
+            order,
+            ["key.pem", "fullchain.pem", "chain.pem", "bundle.pem"]
+        );
+        let modes: Vec<bool> = targets(&files).iter().map(|(r, _)| r.secret()).collect();
+        assert_eq!(modes, [true, false, false, true]);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(super) async fn serve_metrics(
                 )>| async move {
                     let cfg = cfg.read().expect("config lock").clone();
                     let body = tokio::task::spawn_blocking(move || {
-                        crate::metrics::render(&report::status(&cfg, clock.now()))
+                        report::metrics::render(&report::status(&cfg, clock.now()))
                     })
                     .await
                     .unwrap_or_default();

@@ -172,7 +172,7 @@ impl Runner {
     async fn repair_modes(&self, cert: &CertConfig) {
         let (state, c) = (self.state.clone(), cert.clone());
         let fixed = tokio::task::spawn_blocking(move || {
-            if inventory::mode_warnings(&c).is_empty() {
+            if inventory::mode_warnings(&c.files(), c.key_mode).is_empty() {
                 return Ok(Vec::new());
             }
             store::repair_modes(&state, &c).map_err(|e| e.to_string())
@@ -306,7 +306,7 @@ async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fi
     let c = cert.clone();
     let read = tokio::task::spawn_blocking(move || {
         let fp = super::fingerprint_files(&c);
-        (inventory::inspect(&c, now), Some(fp))
+        (inventory::inspect(&c.files(), &c.domains, now), Some(fp))
     });
     match read.await {
         Ok(r) => r,

@@ -3,6 +3,7 @@
 //! the state directory without the network, without the lock and without writing.
 
 mod dry_run;
+pub mod metrics;
 mod status;
 mod table;
 
@@ -46,7 +47,7 @@ pub fn facts(cert: &CertConfig, state: &StateDir, now: OffsetDateTime) -> Facts 
         Ok(r) => (r, None),
         Err(e) => (CertRecord::default(), Some(e.to_string())),
     };
-    let disk = inventory::inspect(cert, now);
+    let disk = inventory::inspect(&cert.files(), &cert.domains, now);
     let ari = record.ari_for(disk.info().map(|i| i.serial.as_str()));
     let decision = policy::decide_cert(
         &cert.name,
@@ -64,7 +65,7 @@ pub fn facts(cert: &CertConfig, state: &StateDir, now: OffsetDateTime) -> Facts 
         disk,
         ari,
         decision,
-        warnings: inventory::mode_warnings(cert),
+        warnings: inventory::mode_warnings(&cert.files(), cert.key_mode),
         now,
     }
 }

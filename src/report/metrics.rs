@@ -13,8 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::StatusRow;
 use crate::policy::CertState;
-use crate::report::StatusRow;
 
 type Labels = Vec<(String, String)>;
 
@@ -24,29 +24,46 @@ fn labels(name: &str) -> Labels {
 
 /// Renders the Prometheus text exposition for the given status rows.
 pub fn render(rows: &[StatusRow]) -> String {
-    let mut reg = Registry::with_prefix("certkeeper");
-    let not_after = Family::<Labels, Gauge>::default();
-    let renew_at = Family::<Labels, Gauge>::default();
-    let last_success = Family::<Labels, Gauge>::default();
-    let last_failure = Family::<Labels, Gauge>::default();
-    let valid = Family::<Labels, Gauge>::default();
-    let state = Family::<Labels, Gauge>::default();
-    let renewals = Family::<Labels, Counter>::default();
-    let hook_failures = Family::<Labels, Counter>::default();
+    let families = Families::default();
     for r in rows {
+        families.add(r);
+    }
+    let mut reg = Registry::with_prefix("certkeeper");
+    families.register(&mut reg);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}
+
+/// Every metric family, filled row by row and then registered in a fixed order.
+#[derive(Default)]
+struct Families {
+    not_after: Family<Labels, Gauge>,
+    renew_at: Family<Labels, Gauge>,
+    last_success: Family<Labels, Gauge>,
+    last_failure: Family<Labels, Gauge>,
+    valid: Family<Labels, Gauge>,
+    state: Family<Labels, Gauge>,
+    renewals: Family<Labels, Counter>,
+    hook_failures: Family<Labels, Counter>,
+}
+
+impl Families {
+    /// Adds one certificate's series.
+    fn add(&self, r: &StatusRow) {
         let l = labels(&r.name);
         if let Some(t) = r.times.not_after {
-            not_after.get_or_create(&l).set(t);
+            self.not_after.get_or_create(&l).set(t);
         }
-        renew_at.get_or_create(&l).set(r.times.renew_at);
+        self.renew_at.get_or_create(&l).set(r.times.renew_at);
         if let Some(t) = r.times.last_success {
-            last_success.get_or_create(&l).set(t);
+            self.last_success.get_or_create(&l).set(t);
         }
         if let Some(t) = r.times.last_failure {
-            last_failure.get_or_create(&l).set(t);
+            self.last_failure.get_or_create(&l).set(t);
         }
         let usable = matches!(r.state, CertState::Valid | CertState::Due);
-        valid.get_or_create(&l).set(i64::from(usable));
+        self.valid.get_or_create(&l).set(i64::from(usable));
         for s in [
             CertState::Valid,
             CertState::Due,
@@ -56,63 +73,64 @@ pub fn render(rows: &[StatusRow]) -> String {
         ] {
             let mut sl = l.clone();
             sl.push(("state".into(), s.as_str().into()));
-            state.get_or_create(&sl).set(i64::from(r.state == s));
+            self.state.get_or_create(&sl).set(i64::from(r.state == s));
         }
         for (result, n) in [("success", r.renewals_ok), ("failure", r.renewals_failed)] {
             let mut rl = l.clone();
             rl.push(("result".into(), result.into()));
-            renewals.get_or_create(&rl).inc_by(n);
+            self.renewals.get_or_create(&rl).inc_by(n);
         }
-        hook_failures.get_or_create(&l).inc_by(r.hook_failures);
+        self.hook_failures.get_or_create(&l).inc_by(r.hook_failures);
     }
-    reg.register(
-        "certificate_not_after_timestamp_seconds",
-        "Expiry of the installed certificate (Unix time)",
-        not_after,
-    );
-    reg.register(
-        "certificate_renew_at_timestamp_seconds",
-        "When the certificate is scheduled for renewal (Unix time)",
-        renew_at,
-    );
-    reg.register(
-        "certificate_last_success_timestamp_seconds",
-        "When a new certificate was last installed (Unix time)",
-        last_success,
-    );
-    reg.register(
-        "certificate_last_failure_timestamp_seconds",
-        "When a renewal attempt last failed (Unix time)",
-        last_failure,
-    );
-    reg.register(
-        "certificate_valid",
-        "1 if the installed set is usable (parses, key matches, names covered, not expired)",
-        valid,
-    );
-    reg.register(
-        "certificate_state",
-        "1 for the certificate's current state (valid, due, missing, invalid, expired)",
-        state,
-    );
-    reg.register(
-        "certificate_renewals",
-        "Renewal attempts by result",
-        renewals,
-    );
-    reg.register(
-        "certificate_hook_failures",
-        "Failed reload hook runs",
-        hook_failures,
-    );
-    let mut out = String::new();
-    encode(&mut out, &reg).expect("writing to a String cannot fail");
-    out
+
+    /// Registers the families with their help texts, in exposition order.
+    fn register(self, reg: &mut Registry) {
+        reg.register(
+            "certificate_not_after_timestamp_seconds",
+            "Expiry of the installed certificate (Unix time)",
+            self.not_after,
+        );
+        reg.register(
+            "certificate_renew_at_timestamp_seconds",
+            "When the certificate is scheduled for renewal (Unix time)",
+            self.renew_at,
+        );
+        reg.register(
+            "certificate_last_success_timestamp_seconds",
+            "When a new certificate was last installed (Unix time)",
+            self.last_success,
+        );
+        reg.register(
+            "certificate_last_failure_timestamp_seconds",
+            "When a renewal attempt last failed (Unix time)",
+            self.last_failure,
+        );
+        reg.register(
+            "certificate_valid",
+            "1 if the installed set is usable (parses, key matches, names covered, not expired)",
+            self.valid,
+        );
+        reg.register(
+            "certificate_state",
+            "1 for the certificate's current state (valid, due, missing, invalid, expired)",
+            self.state,
+        );
+        reg.register(
+            "certificate_renewals",
+            "Renewal attempts by result",
+            self.renewals,
+        );
+        reg.register(
+            "certificate_hook_failures",
+            "Failed reload hook runs",
+            self.hook_failures,
+        );
+    }
 }
 
 /// Writes the metrics for node_exporter's textfile collector, atomically (0644).
 pub fn write_textfile(path: &Path, rows: &[StatusRow]) -> std::io::Result<()> {
-    crate::store::write_atomic(path, render(rows).as_bytes(), 0o644, None)
+    crate::fsx::write_atomic(path, render(rows).as_bytes(), 0o644, None)
 }
 
 #[cfg(test)]
