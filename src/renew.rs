@@ -1087,8 +1087,8 @@ impl Runner {
         // the HTTP-01 responder and the other certificates keep going.
         let (kind, domains) = (cert.key_type, cert.domains.clone());
         let (key, csr) = tokio::task::spawn_blocking(move || {
-            let key = keys::generate(kind)?;
-            let csr = keys::csr_der(&key, &domains)?;
+            let key = keys::generate(kind).map_err(|e| e.to_string())?;
+            let csr = keys::csr_der(&key, &domains).map_err(|e| e.to_string())?;
             Ok::<_, String>((key, csr))
         })
         .await

@@ -736,4 +736,196 @@ mod tests {
         // Outside any order there is nothing to take.
         assert!(take_last().is_none());
     }
+
+    /// Every variant, and every branch of the problem/status sorting, lands in its class.
+    #[test]
+    fn every_variant_has_its_class() {
+        use ErrorClass::*;
+        let soon = Some(OffsetDateTime::now_utc() + time::Duration::seconds(10));
+        let with_status = |kind: &str, status, retry_after| AcmeError::Problem {
+            step: "new order",
+            kind: format!("urn:ietf:params:acme:error:{kind}"),
+            detail: "d".into(),
+            context: String::new(),
+            retry_after,
+            status,
+        };
+        let http = |status, retry_after| AcmeError::HttpStatus {
+            step: "x",
+            method: "GET".into(),
+            url: "u".into(),
+            status,
+            excerpt: String::new(),
+            retry_after,
+        };
+        let io = || std::io::Error::other("boom");
+        let hook = |source| {
+            AcmeError::Challenge(ChallengeError::Dns {
+                record: "_acme-challenge.a.example.".into(),
+                source,
+            })
+        };
+        let cases: Vec<(AcmeError, ErrorClass)> = vec![
+            (problem("rateLimited"), RateLimited),
+            (with_status("malformed", Some(429), None), RateLimited),
+            (with_status("unauthorized", Some(403), soon), RateLimited),
+            (http(429, None), RateLimited),
+            (http(404, soon), RateLimited),
+            (
+                AcmeError::Deferred {
+                    directory: "d".into(),
+                    until: OffsetDateTime::now_utc(),
+                    until_text: "t".into(),
+                },
+                RateLimited,
+            ),
+            (problem("badNonce"), Transient),
+            (problem("serverInternal"), Transient),
+            (with_status("malformed", Some(503), None), Transient),
+            (http(500, None), Transient),
+            (http(503, None), Transient),
+            (
+                AcmeError::Timeout {
+                    step: "x",
+                    what: "w".into(),
+                    after: Duration::from_secs(2),
+                },
+                Transient,
+            ),
+            (
+                AcmeError::Transport {
+                    step: "x",
+                    directory: "d".into(),
+                    message: "m".into(),
+                },
+                Transient,
+            ),
+            (
+                AcmeError::BadResponse {
+                    step: "x",
+                    method: "GET".into(),
+                    url: "u".into(),
+                    status: 200,
+                    message: "m".into(),
+                    excerpt: String::new(),
+                },
+                Transient,
+            ),
+            (
+                AcmeError::Other {
+                    step: "x",
+                    message: "m".into(),
+                },
+                Transient,
+            ),
+            (problem("unauthorized"), Permanent),
+            (problem("rejectedIdentifier"), Permanent),
+            (problem("caa"), Permanent),
+            (problem("malformed"), Permanent),
+            (with_status("accountDoesNotExist", None, None), Permanent),
+            (http(404, None), Permanent),
+            (
+                AcmeError::UntrustedCa {
+                    step: "x",
+                    directory: "d".into(),
+                    trust: "t".into(),
+                    cause: "c".into(),
+                },
+                Permanent,
+            ),
+            (
+                AcmeError::BadChallenge {
+                    directory: "d".into(),
+                    identifier: "a.example".into(),
+                    url: "u".into(),
+                    token: "../x".into(),
+                },
+                Permanent,
+            ),
+            (
+                AcmeError::Unsupported {
+                    step: "x",
+                    what: "profiles",
+                },
+                Permanent,
+            ),
+            (
+                AcmeError::ReplacesIgnored {
+                    step: "new order",
+                    message: "m".into(),
+                },
+                Permanent,
+            ),
+            (AcmeError::Validation("v".into()), Permanent),
+            (
+                AcmeError::Challenge(ChallengeError::Listen {
+                    addr: "127.0.0.1:80".parse().unwrap(),
+                    source: io(),
+                }),
+                Local,
+            ),
+            (
+                AcmeError::Challenge(ChallengeError::Webroot {
+                    path: "/srv/www/x".into(),
+                    source: io(),
+                }),
+                Local,
+            ),
+            (
+                AcmeError::Challenge(ChallengeError::BadToken {
+                    ca: "d".into(),
+                    token: "\"../x\"".into(),
+                }),
+                Permanent,
+            ),
+            (
+                hook(HookError::Spawn {
+                    argv: "dns-hook".into(),
+                    source: io(),
+                }),
+                Local,
+            ),
+            (
+                hook(HookError::Failed {
+                    argv: "dns-hook".into(),
+                    status: "exit status: 1".into(),
+                    tail: String::new(),
+                }),
+                Local,
+            ),
+            (
+                hook(HookError::Signal {
+                    pidfile: "/run/x.pid".into(),
+                    signal: "HUP".into(),
+                    message: "m".into(),
+                }),
+                Local,
+            ),
+            (
+                hook(HookError::Timeout {
+                    argv: "dns-hook".into(),
+                    secs: 60,
+                    tail: String::new(),
+                }),
+                Transient,
+            ),
+        ];
+        for (e, class) in &cases {
+            assert_eq!(e.class(), *class, "{e:?}");
+            assert_eq!(
+                e.is_retryable(),
+                matches!(class, Transient | RateLimited),
+                "{e:?}"
+            );
+        }
+        // Garbled answers and unexpected failures go to the ladder, not a quick repeat.
+        let garbled = cases
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| matches!(e, AcmeError::BadResponse { .. } | AcmeError::Other { .. }));
+        assert_eq!(garbled.clone().count(), 2);
+        for e in garbled {
+            assert!(e.is_retryable() && !e.retry_in_run(), "{e:?}");
+        }
+    }
 }
