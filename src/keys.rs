@@ -4,11 +4,37 @@
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, RsaKeySize};
 
 use crate::config::KeyType;
-#[cfg(test)]
-use x509_parser::prelude::FromDer;
+
+/// Why no key or CSR could be made: rcgen's cause, with what was being made, so the
+/// certificate's error names it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key generator refused (an unsupported size, no entropy).
+    #[error("cannot generate a {kind} key: {source}")]
+    Generate {
+        /// The configured key type.
+        kind: KeyType,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// The CSR's names were not acceptable to rcgen.
+    #[error("cannot build a CSR for {domains}: {source}")]
+    CsrParams {
+        /// The names, comma-separated.
+        domains: String,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// Signing the CSR with the new key failed.
+    #[error("cannot sign the CSR: {source}")]
+    CsrSign {
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+}
 
 /// Generates a key of the configured type.
-pub fn generate(kind: KeyType) -> Result<KeyPair, String> {
+pub fn generate(kind: KeyType) -> Result<KeyPair, KeyError> {
     let r = match kind {
         KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
@@ -16,14 +42,17 @@ pub fn generate(kind: KeyType) -> Result<KeyPair, String> {
         KeyType::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
         KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
     };
-    r.map_err(|e| format!("cannot generate a {kind} key: {e}"))
+    r.map_err(|source| KeyError::Generate { kind, source })
 }
 
 /// A DER CSR for `domains`, signed by `key`; the first name is also the subject CN, which
 /// some private CAs still require.
-pub fn csr_der(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, String> {
-    let mut params = CertificateParams::new(domains.to_vec())
-        .map_err(|e| format!("cannot build a CSR for {}: {e}", domains.join(", ")))?;
+pub fn csr_der(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, KeyError> {
+    let mut params =
+        CertificateParams::new(domains.to_vec()).map_err(|source| KeyError::CsrParams {
+            domains: domains.join(", "),
+            source,
+        })?;
     let mut dn = DistinguishedName::new();
     if let Some(first) = domains.first() {
         dn.push(DnType::CommonName, first.clone());
@@ -31,13 +60,14 @@ pub fn csr_der(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, String> {
     params.distinguished_name = dn;
     let csr = params
         .serialize_request(key)
-        .map_err(|e| format!("cannot sign the CSR: {e}"))?;
+        .map_err(|source| KeyError::CsrSign { source })?;
     Ok(csr.der().to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use x509_parser::prelude::FromDer;
 
     #[test]
     fn every_key_type_generates_and_signs_a_csr() {
@@ -51,5 +81,24 @@ mod tests {
             assert_eq!(subject, "CN=a.example");
             assert!(k.serialize_pem().contains("PRIVATE KEY"));
         }
+    }
+
+    /// The messages stay what they were when these were plain strings.
+    #[test]
+    fn errors_name_what_was_being_made_and_the_cause() {
+        let key = generate(KeyType::EcdsaP256).unwrap();
+        let e = csr_der(&key, &["a.example".into(), "bücher.example".into()]).unwrap_err();
+        assert!(matches!(e, KeyError::CsrParams { .. }), "{e:?}");
+        let m = e.to_string();
+        assert!(
+            m.starts_with("cannot build a CSR for a.example, bücher.example: "),
+            "{m}"
+        );
+        let e = KeyError::Generate {
+            kind: KeyType::Rsa4096,
+            source: rcgen::Error::KeyGenerationUnavailable,
+        };
+        let prefix = format!("cannot generate a {} key: ", KeyType::Rsa4096);
+        assert!(e.to_string().starts_with(&prefix), "{e}");
     }
 }

@@ -26,8 +26,11 @@ pub enum PassError {
         hold: Option<OffsetDateTime>,
     },
     /// A new private key or CSR could not be made.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    /// A blocking job of the pass died (a panic in key generation or the install job).
     #[error("{0}")]
-    Keys(String),
+    Internal(String),
     /// The CA's certificate does not match the key or names: nothing was installed.
     #[error("the CA's certificate failed verification, nothing installed: {0}")]
     Verify(String),
@@ -64,10 +67,11 @@ impl PassError {
     /// The class the ladder and `status` use.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Acme(e) => acme_class(e),
+            Self::Acme(e) => e.class(),
             Self::Connect { hold: Some(_), .. } => ErrorClass::RateLimited,
-            Self::Connect { error, .. } => acme_class(error),
+            Self::Connect { error, .. } => error.class(),
             Self::Verify(_) | Self::Conflict(_) => ErrorClass::Permanent,
+            Self::Internal(_) => ErrorClass::Transient,
             Self::Keys(_)
             | Self::Install(_)
             | Self::RollForward(_)
@@ -84,17 +88,6 @@ impl PassError {
             Self::Connect { error, hold } => error.retry_after().or(*hold),
             _ => None,
         }
-    }
-}
-
-/// The class of a CA failure (until the acme module sorts its own errors into classes).
-fn acme_class(e: &AcmeError) -> ErrorClass {
-    if e.retry_after().is_some() {
-        ErrorClass::RateLimited
-    } else if e.is_retryable() {
-        ErrorClass::Transient
-    } else {
-        ErrorClass::Permanent
     }
 }
 

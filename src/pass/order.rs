@@ -248,12 +248,12 @@ impl Runner {
 async fn new_key(cert: &CertConfig) -> Result<(rcgen::KeyPair, Vec<u8>), PassError> {
     let (kind, domains) = (cert.key_type, cert.domains.clone());
     tokio::task::spawn_blocking(move || {
-        let key = keys::generate(kind).map_err(|e| PassError::Keys(e.to_string()))?;
-        let csr = keys::csr_der(&key, &domains).map_err(|e| PassError::Keys(e.to_string()))?;
+        let key = keys::generate(kind)?;
+        let csr = keys::csr_der(&key, &domains)?;
         Ok((key, csr))
     })
     .await
-    .map_err(|e| PassError::Keys(format!("key generation failed: {e}")))?
+    .map_err(|e| PassError::Internal(format!("key generation failed: {e}")))?
 }
 
 /// Verifies the CA's chain against the key and names, and builds the set to install.
