@@ -5,6 +5,7 @@
 //!
 //! - [`cli`]: the command line (clap derive); `main.rs` maps results to exit codes.
 //! - [`config`]: TOML → validated [`config::Config`]; every error names file, line and key.
+//! - [`check`]: `certkeeper check`'s host checks (directories, programs, users, ca_bundle, strict_modes).
 //! - [`inventory`]: what is on disk: PEM parsing, key/cert match, names, validity.
 //! - [`policy`]: pure renewal decision (threshold, jitter, ARI) and the retry ladder.
 //! - [`acme`]: the only module that uses instant-acme: account, ARI, order flow.
@@ -25,6 +26,7 @@
 
 pub mod acme;
 pub mod challenge;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

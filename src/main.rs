@@ -74,7 +74,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
         }
         ExitCode::from(EXIT_USAGE)
     })?;
-    let unsafe_paths = certkeeper::config::strict_mode_violations(&cfg, path);
+    let unsafe_paths = certkeeper::check::strict_mode_violations(&cfg, path);
     if !unsafe_paths.is_empty() {
         for e in &unsafe_paths {
             eprintln!("certkeeper: config error: {e}");
@@ -121,8 +121,8 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let mut problems = cfg.check_paths();
-    problems.extend(certkeeper::config::strict_mode_violations(&cfg, path));
+    let mut problems = certkeeper::check::paths(&cfg);
+    problems.extend(certkeeper::check::strict_mode_violations(&cfg, path));
     problems.extend(owner_problems(&cfg));
     for p in &problems {
         println!("{p}");

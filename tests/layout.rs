@@ -49,8 +49,13 @@ fn src_dir() -> PathBuf {
 }
 
 /// The top-level module a file under `src/` belongs to (`foo.rs`, `foo/mod.rs` and
-/// `foo/bar/baz.rs` are all `foo`); `None` for the crate roots `main.rs` and `lib.rs`.
+/// `foo/bar/baz.rs` are all `foo`); `None` for the crate roots `main.rs` and `lib.rs`,
+/// and for a directory's `tests.rs`, which by this crate's convention is only ever
+/// declared as `#[cfg(test)] mod tests;` (test code, like an inline test module).
 fn top_module(rel: &Path) -> Option<String> {
+    if rel.components().count() > 1 && rel.file_name().is_some_and(|n| n == "tests.rs") {
+        return None;
+    }
     let first = rel.components().next()?.as_os_str().to_str()?.to_owned();
     let name = first.strip_suffix(".rs").unwrap_or(&first).to_owned();
     (name != "main" && name != "lib").then_some(name)
@@ -569,16 +574,18 @@ fn files_map_to_top_level_modules_and_roots_are_left_out() {
         ("c.rs", "use crate::unknown_item;"),
         ("main.rs", "use crate::a;"),
         ("lib.rs", "pub mod a;"),
+        ("b/tests.rs", "use crate::d;"),
+        ("d.rs", ""),
     ]);
     assert_eq!(
         g.keys().cloned().collect::<BTreeSet<_>>(),
-        set(&["a", "b", "c"])
+        set(&["a", "b", "c", "d"])
     );
     assert_eq!(g["a"], set(&["b"]));
     assert_eq!(
         g["b"],
         set(&["a", "c"]),
-        "self references dropped, nested files count"
+        "self references dropped, nested files count, b/tests.rs is test code"
     );
     assert_eq!(g["c"], set(&[]), "names that are not modules are dropped");
 }

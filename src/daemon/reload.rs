@@ -18,8 +18,8 @@ pub(super) fn reload(path: &Path, old: &Config) -> Option<Config> {
             );
             None
         }
-        Ok(new) if !crate::config::strict_mode_violations(&new, path).is_empty() => {
-            for e in crate::config::strict_mode_violations(&new, path) {
+        Ok(new) if !crate::check::strict_mode_violations(&new, path).is_empty() => {
+            for e in crate::check::strict_mode_violations(&new, path) {
                 error!("config reload failed (strict_modes), keeping the old config: {e}");
             }
             None

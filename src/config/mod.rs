@@ -1,0 +1,352 @@
+//! The configuration file: parsed with serde into the `raw` types (`deny_unknown_fields`),
+//! then validated into a [`Config`] with defaults and per-certificate overrides applied.
+//!
+//! Every error names the file, the line and the key, because an operator reading a timer's
+//! failure in the journal must be able to jump straight to the offending line. This module
+//! never touches the network and only reads the config file itself (plus the canonical
+//! form of the managed paths, to refuse two spellings of one file); checks of what the
+//! config names on this machine (directories, programs, users, strict modes) live in the
+//! `check` module, so that loading a config needs nothing from inventory or store.
+//!
+//! Layout: this file holds the validated types and the entry points; `raw` the serde
+//! shapes, `parse` the value parsers, `span` byte offsets to file:line:column:key,
+//! `validate` raw -> validated, `alias` canonical paths and the aliasing check.
+
+mod alias;
+mod parse;
+mod raw;
+mod span;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::fileset::FileSet;
+use serde::Deserialize;
+
+pub use alias::{canonical_file, normalize_lexically, path_alias_errors};
+pub use parse::{KeyType, Mode, RenewBefore, parse_duration, parse_signal};
+
+/// Where the config is read from when neither `--config` nor `CERTKEEPER_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
+
+/// Let's Encrypt's production directory, behind the `letsencrypt` alias.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory, behind the `letsencrypt-staging` alias.
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// ZeroSSL's directory, behind the `zerossl` alias (it requires EAB).
+pub const ZEROSSL: &str = "https://acme.zerossl.com/v2/DV90";
+
+/// One problem in a config file, located precisely enough to fix it without guessing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line, or 0 when the problem is not tied to a line (e.g. unreadable file).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The dotted key path, e.g. `cert[www].renew_before`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else if self.key.is_empty() {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All problems found in one config file; `check` prints every one, `renew` fails on any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A string that must never be printed: Debug and Display show `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it (the ACME account binding).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How a certificate proves control of its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// HTTP-01 through the built-in responder on this address.
+    Http01Listen(SocketAddr),
+    /// HTTP-01 by writing files under `<webroot>/.well-known/acme-challenge/`.
+    Http01Webroot(PathBuf),
+    /// DNS-01 through this hook argv, run with `set|clear <record> <value>` appended.
+    Dns01Hook(Vec<String>),
+}
+
+/// How installed files are laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Each path is a regular file, replaced one by one (key first).
+    #[default]
+    Plain,
+    /// Each path is a symlink through one `.<name>.live` link to a versioned directory, so
+    /// one rename switches key and certificate together.
+    Symlink,
+}
+
+/// Built-in reload by signal, for sidecars that share a process namespace with the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSignal {
+    /// File holding the server's pid.
+    pub pidfile: PathBuf,
+    /// Signal to send.
+    pub signal: nix::sys::signal::Signal,
+}
+
+/// External Account Binding credentials, as the CA hands them out.
+#[derive(Debug, Clone)]
+pub struct Eab {
+    /// The key identifier.
+    pub kid: String,
+    /// The base64url HMAC key; never logged.
+    pub hmac_key: Secret,
+}
+
+/// Which ACME CA to use and how to reach it.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The directory URL, with aliases resolved.
+    pub directory: String,
+    /// Contact URIs for the account.
+    pub contact: Vec<String>,
+    /// Extra trusted roots for the CA's HTTPS endpoint.
+    pub ca_bundle: Option<PathBuf>,
+    /// External Account Binding, if the CA requires it.
+    pub eab: Option<Eab>,
+    /// Longest wait for one HTTP exchange with the CA, so a CA that stops answering
+    /// fails the run instead of hanging it.
+    pub request_timeout: Duration,
+    /// Longest time one whole order (including polling) may take.
+    pub order_timeout: Duration,
+}
+
+/// Default for `acme.request_timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `acme.order_timeout`.
+pub const DEFAULT_ORDER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A line/column in the config, kept so later checks can point at the right place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+/// One managed certificate with every default resolved.
+#[derive(Debug, Clone)]
+pub struct CertConfig {
+    /// Unique name; used in logs, state file names and hook environment.
+    pub name: String,
+    /// The names the certificate must cover (first one is the subject).
+    pub domains: Vec<String>,
+    /// Leaf + chain.
+    pub cert_path: PathBuf,
+    /// Private key.
+    pub key_path: PathBuf,
+    /// The chain alone, if a server wants it separately.
+    pub chain_path: Option<PathBuf>,
+    /// Key + full chain in one file (haproxy).
+    pub bundle_path: Option<PathBuf>,
+    /// The renewal threshold.
+    pub renew_before: RenewBefore,
+    /// Key algorithm for new keys.
+    pub key_type: KeyType,
+    /// How names are validated.
+    pub challenge: Challenge,
+    /// Reload hooks, run in order after a successful install.
+    pub reload: Vec<Vec<String>>,
+    /// Limit for each hook run.
+    pub hook_timeout: Duration,
+    /// Mode of the key file (and the bundle, which contains the key).
+    pub key_mode: u32,
+    /// Mode of certificate and chain files.
+    pub cert_mode: u32,
+    /// Owner for installed files, by name.
+    pub owner: Option<String>,
+    /// Group for installed files, by name.
+    pub group: Option<String>,
+    /// ACME profile to request, if the CA offers profiles.
+    pub profile: Option<String>,
+    /// Signal a pidfile's process after hooks (daemon/sidecar setups).
+    pub reload_signal: Option<ReloadSignal>,
+    /// Plain files or versioned directories behind one symlink (`layout`).
+    pub layout: Layout,
+    /// Where each key of this certificate was written, for pointing errors at lines.
+    pub locs: BTreeMap<String, Loc>,
+}
+
+impl CertConfig {
+    /// The config location of `key` in this certificate's section (or its `[[cert]]` header).
+    pub fn loc(&self, key: &str) -> Loc {
+        self.locs
+            .get(key)
+            .or_else(|| self.locs.get(""))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for error messages).
+    pub path: PathBuf,
+    /// Account credentials, retry state, staging area and the lock.
+    pub state_dir: PathBuf,
+    /// The CA.
+    pub acme: AcmeConfig,
+    /// The managed certificates, in file order.
+    pub certs: Vec<CertConfig>,
+    /// Serve /metrics and /healthz here (daemon mode).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Locations of top-level keys.
+    pub locs: BTreeMap<String, Loc>,
+    /// As root, refuse config, hooks and managed directories others could write (sshd's
+    /// StrictModes); enforced by `check::strict_mode_violations` at load and reload.
+    pub strict_modes: bool,
+}
+
+/// Default location of `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_str_at(&src, path, &base)
+    }
+
+    /// Parses and validates config text; `file` is only used in messages, `base` resolves
+    /// relative paths. Kept separate from `from_file` so tests never need the disk.
+    pub fn from_str_at(src: &str, file: &Path, base: &Path) -> Result<Self, ConfigErrors> {
+        let raw: raw::RawConfig = toml::from_str(src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (line, column) = span::line_col(src, span.start);
+            ConfigErrors(vec![ConfigError {
+                file: file.to_path_buf(),
+                line: line.max(1),
+                column,
+                key: span::key_at(src, span.start),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut ctx = span::Ctx::new(file, src, base);
+        let cfg = validate::validate(raw, &mut ctx);
+        if ctx.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(ctx.errors))
+        }
+    }
+
+    /// Finds certificates by name; unknown names are a usage error naming them.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&CertConfig>, String> {
+        if names.is_empty() {
+            return Ok(self.certs.iter().collect());
+        }
+        let mut out = Vec::new();
+        for n in names {
+            match self.certs.iter().find(|c| &c.name == n) {
+                Some(c) => out.push(c),
+                None => {
+                    let known: Vec<_> = self.certs.iter().map(|c| c.name.as_str()).collect();
+                    return Err(format!(
+                        "no certificate named {n:?} in {} (known: {})",
+                        self.path.display(),
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl CertConfig {
+    /// The files this certificate writes: the one list every part walks (see
+    /// [`crate::fileset`]), so none can forget one.
+    pub fn files(&self) -> FileSet {
+        FileSet {
+            cert: self.cert_path.clone(),
+            key: self.key_path.clone(),
+            chain: self.chain_path.clone(),
+            bundle: self.bundle_path.clone(),
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The config's unit tests: parsing, validation errors (file:line:key), aliasing and
+//! strict_modes, exercised through the public entry points.
+
+use super::*;
+use crate::check::{paths as check_paths_of, strict_mode_violations_as};
+use std::path::Path;
+use std::time::Duration;
+
+const BASE: &str = r#"
+state_dir = "/tmp/ck-state"
+[acme]
+directory = "letsencrypt"
+contact = ["mailto:ops@example.com"]
+
+[defaults]
+http01_listen = "[::]:80"
+
+[[cert]]
+name = "www"
+domains = ["example.com", "www.example.com"]
+cert_path = "/etc/tls/www.pem"
+key_path = "/etc/tls/www.key"
+"#;
+
+fn parse(src: &str) -> Result<Config, ConfigErrors> {
+    Config::from_str_at(src, Path::new("test.toml"), Path::new("/etc/certkeeper"))
+}
+
+fn first_err(src: &str) -> ConfigError {
+    parse(src).unwrap_err().0.remove(0)
+}
+
+#[test]
+fn valid_config_gets_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.acme.directory, LETSENCRYPT);
+    let w = &c.certs[0];
+    assert_eq!(w.renew_before, RenewBefore::Fraction(1.0 / 3.0));
+    assert_eq!(w.key_type, KeyType::EcdsaP256);
+    assert_eq!(w.key_mode, 0o600);
+    assert_eq!(w.cert_mode, 0o644);
+    assert_eq!(w.hook_timeout, Duration::from_secs(60));
+    assert_eq!(
+        w.challenge,
+        Challenge::Http01Listen("[::]:80".parse().unwrap())
+    );
+    assert_eq!(w.loc("cert_path").line, 13);
+}
+
+#[test]
+fn acme_timeouts_default_parse_and_must_be_ordered() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.acme.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    assert_eq!(c.acme.order_timeout, DEFAULT_ORDER_TIMEOUT);
+    let with = |extra: &str| BASE.replace("[defaults]", &format!("{extra}\n[defaults]"));
+    let c = parse(&with("request_timeout = \"2s\"\norder_timeout = \"1m\"")).unwrap();
+    assert_eq!(c.acme.request_timeout, Duration::from_secs(2));
+    assert_eq!(c.acme.order_timeout, Duration::from_secs(60));
+    let e = first_err(&with("request_timeout = \"5m\"\norder_timeout = \"1m\""));
+    assert_eq!(e.key, "acme.order_timeout");
+    assert!(e.message.contains("longer than request_timeout"), "{e}");
+    let e = first_err(&with("request_timeout = \"30\""));
+    assert!(e.message.contains("unit"), "{e}");
+}
+
+#[test]
+fn relative_paths_resolve_against_config_dir() {
+    let src = BASE.replace("/etc/tls/www.pem", "tls/www.pem");
+    let c = parse(&src).unwrap();
+    assert_eq!(
+        c.certs[0].cert_path,
+        Path::new("/etc/certkeeper/tls/www.pem")
+    );
+}
+
+#[test]
+fn cert_overrides_defaults() {
+    let src = format!(
+        "{BASE}renew_before = \"30d\"\nkey_type = \"rsa-2048\"\nhttp01_webroot = \"/var/www\"\nkey_mode = \"0640\"\n"
+    );
+    let c = parse(&src).unwrap();
+    let w = &c.certs[0];
+    assert_eq!(
+        w.renew_before,
+        RenewBefore::Remaining(Duration::from_secs(30 * 86400))
+    );
+    assert_eq!(w.key_type, KeyType::Rsa2048);
+    assert_eq!(w.challenge, Challenge::Http01Webroot("/var/www".into()));
+    assert_eq!(w.key_mode, 0o640);
+}
+
+#[test]
+fn error_table() {
+    // (mutation appended to BASE or replacement, expected line, expected key fragment, message fragment)
+    let cases: &[(&str, usize, &str, &str)] = &[
+        ("bogus = 1\n", 15, "cert[0].bogus", "unknown field"),
+        ("renew_before = \"33\"\n", 15, "renew_before", "unit"),
+        (
+            "renew_before = \"150%\"\n",
+            15,
+            "renew_before",
+            "less than 100%",
+        ),
+        ("key_type = \"dsa\"\n", 15, "key_type", "unknown key type"),
+        ("hook_timeout = 5\n", 15, "hook_timeout", "string"),
+        (
+            "key_mode = \"0644\"\n",
+            15,
+            "cert[www].key_mode",
+            "readable by everyone",
+        ),
+        (
+            "challenge = \"dns-01\"\n",
+            15,
+            "cert[www].challenge",
+            "dns01_hook",
+        ),
+        ("reload = [[]]\n", 15, "cert[www].reload", "non-empty argv"),
+        (
+            "[[cert]]\nname = \"www\"\ndomains = [\"a.example\"]\ncert_path = \"/x\"\nkey_path = \"/y\"\n",
+            16,
+            "cert[1].name",
+            "duplicate",
+        ),
+    ];
+    for (add, line, key, msg) in cases {
+        let src = format!("{BASE}{add}");
+        let e = first_err(&src);
+        assert_eq!(e.line, *line, "{add:?}: {e}");
+        assert!(e.key.contains(key), "{add:?}: key {:?} in {e}", e.key);
+        assert!(e.message.contains(msg), "{add:?}: message in {e}");
+        assert!(
+            e.to_string().starts_with(&format!("test.toml:{line}:")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn reload_signal_and_metrics_listen() {
+    let src = BASE.replace("[acme]", "metrics_listen = \"127.0.0.1:9814\"\n[acme]")
+        + "reload_signal = { pidfile = \"/run/nginx.pid\", signal = \"USR1\" }\n";
+    let c = parse(&src).unwrap();
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9814".parse().unwrap()));
+    let rs = c.certs[0].reload_signal.clone().unwrap();
+    assert_eq!(rs.signal, nix::sys::signal::Signal::SIGUSR1);
+    assert_eq!(rs.pidfile, Path::new("/run/nginx.pid"));
+    let bad = format!("{BASE}reload_signal = {{ pidfile = \"/x\", signal = \"NOPE\" }}\n");
+    let e = first_err(&bad);
+    assert!(
+        e.key.ends_with("reload_signal") && e.message.contains("NOPE"),
+        "{e}"
+    );
+    assert_eq!(
+        parse_signal("hup").unwrap(),
+        nix::sys::signal::Signal::SIGHUP
+    );
+    assert_eq!(
+        parse_signal("15").unwrap(),
+        nix::sys::signal::Signal::SIGTERM
+    );
+}
+
+#[test]
+fn malformed_toml_names_line() {
+    let e = first_err("state_dir = \"/x\"\n[acme\n");
+    assert_eq!(e.line, 2, "{e}");
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let src = BASE.replace(
+        "domains = [\"example.com\", \"www.example.com\"]",
+        "domains = \"example.com\"",
+    );
+    let e = first_err(&src);
+    assert_eq!(e.line, 12, "{e}");
+    assert!(e.key.ends_with("domains"), "{e}");
+}
+
+#[test]
+fn wildcard_needs_dns01() {
+    let src = BASE.replace("\"www.example.com\"", "\"*.example.com\"");
+    let e = first_err(&src);
+    assert!(e.message.contains("dns-01"), "{e}");
+}
+
+#[test]
+fn eab_secret_is_never_shown() {
+    let src = BASE.replace(
+        "contact = [",
+        "eab_kid = \"kid-1\"\neab_hmac_key = \"c2VjcmV0LXZhbHVlLTEyMw\"\ncontact = [",
+    );
+    let c = parse(&src).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("c2VjcmV0LXZhbHVlLTEyMw"), "{dbg}");
+    assert!(dbg.contains("***"));
+    let bad = BASE.replace(
+        "contact = [",
+        "eab_kid = \"k\"\neab_hmac_key = \"not base64!!\"\ncontact = [",
+    );
+    let e = first_err(&bad);
+    assert!(!e.to_string().contains("not base64!!"), "{e}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+    assert_eq!(
+        parse_duration("1d12h").unwrap(),
+        Duration::from_secs(129600)
+    );
+    assert!(parse_duration("12").is_err());
+    assert!(parse_duration("0s").is_err());
+    assert!(parse_duration("5y").is_err());
+}
+
+#[test]
+fn renew_before_parses() {
+    assert_eq!(
+        "33%".parse::<RenewBefore>().unwrap(),
+        RenewBefore::Fraction(0.33)
+    );
+    assert_eq!(
+        "30d".parse::<RenewBefore>().unwrap(),
+        RenewBefore::Remaining(Duration::from_secs(30 * 86400))
+    );
+    assert!("0%".parse::<RenewBefore>().is_err());
+}
+
+#[test]
+fn shipped_examples_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.extension() == Some(std::ffi::OsStr::new("toml")) {
+            Config::from_file(&p).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example configs found in {}", dir.display());
+}
+
+fn two_certs(dir: &Path, a: &str, b: &str) -> String {
+    format!(
+        "state_dir = \"{d}/state\"\n[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"[::]:80\"\n\
+         [[cert]]\nname = \"one\"\ndomains = [\"a.example\"]\ncert_path = \"{a}\"\nkey_path = \"{d}/one.key\"\n\
+         [[cert]]\nname = \"two\"\ndomains = [\"b.example\"]\ncert_path = \"{d}/two.pem\"\nkey_path = \"{b}\"\n",
+        d = dir.display()
+    )
+}
+
+#[test]
+fn dotdot_alias_is_refused_at_load_naming_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("out")).unwrap();
+    let a = d.join("out/a.crt");
+    let b = d.join("out/../out/a.crt");
+    let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+    let errs = Config::from_str_at(&src, Path::new("test.toml"), d)
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    assert_eq!(e.key, "cert[two].key_path", "{e}");
+    assert_eq!(e.line, 15, "{e}");
+    let m = e.to_string();
+    assert!(m.contains("out/../out/a.crt"), "{m}");
+    assert!(
+        m.contains(&format!("cert[one].cert_path = {}", a.display())),
+        "{m}"
+    );
+    assert!(m.contains("test.toml:9"), "{m}");
+    assert!(m.contains("same file"), "{m}");
+}
+
+#[test]
+fn alias_through_a_directory_that_does_not_exist_yet_is_caught_lexically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = d.join("new/x/a.crt");
+    let b = d.join("new/./y/../x/a.crt");
+    let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+    let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+    assert!(e.to_string().contains("same file"), "{e}");
+}
+
+#[test]
+fn symlinked_directory_alias_is_refused_at_load_and_in_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("real")).unwrap();
+    std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+    let a = d.join("real/a.crt");
+    let b = d.join("link/a.crt");
+    let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+    let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("link/a.crt") && m.contains("real/a.crt"), "{m}");
+    assert!(
+        m.contains("cert[one].cert_path") && m.contains("cert[two].key_path"),
+        "{m}"
+    );
+
+    // A symlink created after load: check_paths finds it.
+    let b = d.join("later/a.crt");
+    let src = two_certs(d, a.to_str().unwrap(), b.to_str().unwrap());
+    let cfg = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap();
+    assert!(
+        check_paths_of(&cfg)
+            .iter()
+            .all(|e| !e.message.contains("same file"))
+    );
+    std::os::unix::fs::symlink(d.join("real"), d.join("later")).unwrap();
+    let probs = check_paths_of(&cfg);
+    assert!(
+        probs
+            .iter()
+            .any(|e| e.key == "cert[two].key_path" && e.message.contains("same file")),
+        "{probs:?}"
+    );
+}
+
+#[test]
+fn alias_within_one_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("out")).unwrap();
+    let src = two_certs(d, "out/a.crt", "out/b.key").replace(
+        &format!("key_path = \"{}/one.key\"", d.display()),
+        "key_path = \"out/../out/a.crt\"",
+    );
+    let e = Config::from_str_at(&src, Path::new("t.toml"), d).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("cert[one].key_path") && m.contains("cert[one].cert_path"),
+        "{m}"
+    );
+}
+
+#[test]
+fn ip_literals_are_refused_with_rfc8738_message() {
+    for ip in ["127.0.0.1", "::1", "[::1]", "2001:db8::1"] {
+        let src = BASE.replace("\"www.example.com\"", &format!("{ip:?}"));
+        let e = first_err(&src);
+        assert_eq!(e.key, "cert[www].domains", "{ip}: {e}");
+        assert!(
+            e.message
+                .contains("IP address identifiers (RFC 8738) are not supported"),
+            "{ip}: {e}"
+        );
+    }
+    // Names that merely look numeric-ish are still DNS names.
+    let src = BASE.replace("\"www.example.com\"", "\"1.2.3.example\"");
+    parse(&src).unwrap();
+}
+
+fn strict_cfg(d: &Path, strict: bool) -> Config {
+    let src = format!(
+        "strict_modes = {strict}\nstate_dir = \"{d}/state\"\n[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"[::]:80\"\n\
+         [[cert]]\nname = \"www\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/out/a.pem\"\nkey_path = \"{d}/out/a.key\"\n\
+         reload = [[\"{d}/hooks/reload.sh\"]]\n",
+        d = d.display()
+    );
+    Config::from_str_at(&src, &d.join("ck.toml"), d).unwrap()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A tree where every path certkeeper trusts is root-owned 0755/0644.
+fn strict_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    chmod(d, 0o755);
+    for sub in ["out", "hooks", "state"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+        chmod(&d.join(sub), 0o755);
+    }
+    std::fs::write(d.join("hooks/reload.sh"), "#!/bin/sh\n").unwrap();
+    chmod(&d.join("hooks/reload.sh"), 0o755);
+    std::fs::write(d.join("ck.toml"), "").unwrap();
+    chmod(&d.join("ck.toml"), 0o644);
+    dir
+}
+
+/// Only violations inside the test's own tree: the tree's ancestors (e.g. /tmp) are
+/// the machine's business.
+fn inside(v: &[ConfigError], d: &Path) -> Vec<ConfigError> {
+    v.iter()
+        .filter(|e| {
+            e.message
+                .contains(&format!("strict_modes: {}", d.display()))
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn strict_modes_accepts_root_owned_tree_and_is_off_by_default_or_when_not_root() {
+    let dir = strict_tree();
+    let d = dir.path();
+    let cfg = strict_cfg(d, true);
+    assert!(cfg.strict_modes);
+    let v = strict_mode_violations_as(&cfg, &d.join("ck.toml"), true);
+    assert!(inside(&v, d).is_empty(), "{v:?}");
+    chmod(&d.join("out"), 0o777);
+    assert!(!strict_mode_violations_as(&cfg, &d.join("ck.toml"), true).is_empty());
+    assert!(strict_mode_violations_as(&cfg, &d.join("ck.toml"), false).is_empty());
+    let off = strict_cfg(d, false);
+    assert!(strict_mode_violations_as(&off, &d.join("ck.toml"), true).is_empty());
+    assert!(!parse(BASE).unwrap().strict_modes);
+}
+
+#[test]
+fn strict_modes_names_path_mode_owner_and_key() {
+    let dir = strict_tree();
+    let d = dir.path();
+    let cfg = strict_cfg(d, true);
+    let cases: &[(&str, u32, &str, &str)] = &[
+        ("out", 0o777, "cert[www].cert_path", "world-writable"),
+        ("out", 0o775, "cert[www].cert_path", "group-writable"),
+        (
+            "hooks/reload.sh",
+            0o775,
+            "cert[www].reload",
+            "group-writable",
+        ),
+        ("hooks", 0o757, "cert[www].reload", "world-writable"),
+        ("ck.toml", 0o666, "config", "world-writable"),
+        ("state", 0o770, "state_dir", "group-writable"),
+        ("out", 0o1777, "cert[www].cert_path", "sticky, still unsafe"),
+    ];
+    for (rel, mode, key, why) in cases {
+        let p = d.join(rel);
+        let before = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777
+        };
+        chmod(&p, *mode);
+        let v = inside(
+            &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+            d,
+        );
+        chmod(&p, before);
+        assert_eq!(v.len(), 1, "{rel} {mode:o}: {v:?}");
+        let e = &v[0];
+        assert_eq!(e.key, *key, "{e}");
+        let m = e.to_string();
+        assert!(m.contains(&format!("{} ", p.display())), "{m}");
+        assert!(m.contains(&format!("mode {mode:04o}")), "{m}");
+        assert!(m.contains("owned by root (uid 0)"), "{m}");
+        assert!(m.contains(why), "{m}");
+    }
+    // An ancestor component is named, with the path it leads to.
+    chmod(d, 0o777);
+    let v = inside(
+        &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+        d,
+    );
+    chmod(d, 0o755);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].message.contains("on the way to"), "{}", v[0]);
+}
+
+#[test]
+fn strict_modes_flags_files_not_owned_by_root() {
+    let dir = strict_tree();
+    let d = dir.path();
+    let cfg = strict_cfg(d, true);
+    nix::unistd::chown(
+        &d.join("hooks/reload.sh"),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        None,
+    )
+    .unwrap();
+    let v = inside(
+        &strict_mode_violations_as(&cfg, &d.join("ck.toml"), true),
+        d,
+    );
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].message.contains("not owned by root") && v[0].message.contains("uid 65534"),
+        "{}",
+        v[0]
+    );
+}
