@@ -298,7 +298,20 @@ pub fn verify_set(
 pub fn inspect(files: &FileSet, domains: &[String], now: OffsetDateTime) -> OnDisk {
     // Bounded, regular files only (symlinks followed: certbot live/, Kubernetes ..data), so
     // a FIFO or device at a path is reported instead of hanging the run.
-    let read = |p: &Path| match crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true) {
+    inspect_read(files, domains, now, &|p| {
+        crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true)
+    })
+}
+
+/// [`inspect`] over contents the caller already read (the pass reads each file once, for
+/// its fingerprint and for this).
+pub fn inspect_read(
+    files: &FileSet,
+    domains: &[String],
+    now: OffsetDateTime,
+    read_file: &dyn Fn(&Path) -> Result<Vec<u8>, crate::fsx::ReadError>,
+) -> OnDisk {
+    let read = |p: &Path| match read_file(p) {
         Ok(d) => Ok(d),
         Err(e) if e.is_not_found() => Err(OnDisk::Missing(e.to_string())),
         Err(e) => Err(OnDisk::Invalid {

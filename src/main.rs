@@ -270,6 +270,9 @@ fn renew(
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Every blocking task is bounded (file reads, fsyncs); a small pool spends less
+        // on thread start-up and per-thread RNG set-up than the default of 512.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
 }

@@ -209,39 +209,47 @@ fn is_stale(m: &Marker, file: &Path) -> bool {
 /// did not exist before are claimed then). All files are checked before any marker is
 /// written, so a refused certificate leaves no new marker behind.
 pub fn claim(state_root: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
-    check(state_root, cert)?;
-    let me = canonical_state_dir(state_root);
+    claim_as(&canonical_state_dir(state_root), cert)
+}
+
+/// [`claim`] with the state directory already in its canonical form, so a pass over many
+/// certificates resolves it once. Every marker is read once: all are checked before any
+/// is written, so a refused certificate claims nothing.
+pub fn claim_as(me: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
     let files = cert.files();
+    let mut found = Vec::new();
     for (role, file) in files.iter() {
-        let key = role.config_key();
-        if std::fs::symlink_metadata(file).is_err() {
-            // Not installed yet: a certificate that then fails leaves nothing behind. The
-            // caller claims again after installing.
-            continue;
-        }
         let marker = marker_path(file);
+        let m = read_marker(&marker, file)?;
+        if let Some(m) = &m {
+            other_owner(me, role.config_key(), file, &marker, m.clone())?;
+        }
+        found.push((role.config_key(), file, marker, m));
+    }
+    for (key, file, marker, m) in found {
         let want = Marker {
-            state_dir: me.clone(),
+            state_dir: me.to_path_buf(),
             cert: cert.name.clone(),
             file: file
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        match read_marker(&marker, file)? {
-            Some(m) if m == want => continue,
-            Some(m) => {
-                // Ours under another certificate name: rewrite; someone else's: refuse.
-                other_owner(&me, key, file, &marker, m)?;
-                write_marker(&marker, &want, false)?;
-            }
-            None => {
-                if !write_marker(&marker, &want, true)? {
-                    // Lost a race with another claimer: whoever won decides.
-                    if let Some(m) = read_marker(&marker, file)? {
-                        other_owner(&me, key, file, &marker, m)?;
-                    }
-                }
+        if m.as_ref() == Some(&want) {
+            continue;
+        }
+        if std::fs::symlink_metadata(file).is_err() {
+            // Not installed yet: a certificate that then fails leaves nothing behind. The
+            // caller claims again after installing.
+            continue;
+        }
+        if m.is_some() {
+            // Ours under another certificate name, or a stale one: rewrite.
+            write_marker(&marker, &want, false)?;
+        } else if !write_marker(&marker, &want, true)? {
+            // Lost a race with another claimer: whoever won decides.
+            if let Some(m) = read_marker(&marker, file)? {
+                other_owner(me, key, file, &marker, m)?;
             }
         }
     }

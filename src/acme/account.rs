@@ -25,21 +25,31 @@ pub(super) async fn load_or_create(
     cfg: &AcmeConfig,
     ca: &Ca,
     http: Http,
+    quick: bool,
 ) -> Result<Account, AcmeError> {
     let path = ca.state.account_file(&ca.directory);
+    let attempts = if quick {
+        Attempts::without_transient_retries()
+    } else {
+        Attempts::default()
+    };
     if path.exists() {
-        return load(ca, &path, http).await;
+        return load(ca, &path, http, attempts).await;
     }
-    let account = create(cfg, ca, &path, http).await?;
+    let account = create(cfg, ca, &path, http, attempts).await?;
     info!(directory = %ca.directory, account = %account.id(), "created ACME account");
     Ok(account)
 }
 
 /// Loads the account stored in `path`; instant-acme fetches the directory meanwhile.
-async fn load(ca: &Ca, path: &Path, http: Http) -> Result<Account, AcmeError> {
+async fn load(
+    ca: &Ca,
+    path: &Path,
+    http: Http,
+    mut attempts: Attempts,
+) -> Result<Account, AcmeError> {
     let raw = crate::fsx::read_regular(path, crate::fsx::STATE_LIMIT, false)
         .map_err(|e| fail(e.to_string()))?;
-    let mut attempts = Attempts::default();
     loop {
         let creds: AccountCredentials = serde_json::from_slice(&raw)
             .map_err(|e| fail(format!("{}: corrupt account file: {e}", path.display())))?;
@@ -72,7 +82,13 @@ fn eab_key(cfg: &AcmeConfig) -> Result<Option<ExternalAccountKey>, AcmeError> {
 }
 
 /// Creates an account at the CA and stores its credentials in `path` (0600).
-async fn create(cfg: &AcmeConfig, ca: &Ca, path: &Path, http: Http) -> Result<Account, AcmeError> {
+async fn create(
+    cfg: &AcmeConfig,
+    ca: &Ca,
+    path: &Path,
+    http: Http,
+    mut attempts: Attempts,
+) -> Result<Account, AcmeError> {
     let eab = eab_key(cfg)?;
     let contact: Vec<&str> = cfg.contact.iter().map(String::as_str).collect();
     let new = NewAccount {
@@ -80,7 +96,6 @@ async fn create(cfg: &AcmeConfig, ca: &Ca, path: &Path, http: Http) -> Result<Ac
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let mut attempts = Attempts::default();
     let (account, creds) = loop {
         match Account::builder_with_http(Box::new(http.clone()))
             .create(&new, ca.directory.clone(), eab.as_ref())

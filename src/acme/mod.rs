@@ -89,16 +89,38 @@ impl Acme {
     /// use. Refuses without a request while the CA's stored Retry-After is ahead; the whole
     /// connection is bounded by `acme.order_timeout`.
     pub async fn connect(cfg: &AcmeConfig, state: &StateDir) -> Result<Self, AcmeError> {
+        Self::connect_with(cfg, state, false).await
+    }
+
+    /// Like [`Acme::connect`], but a transient failure fails at once instead of being
+    /// retried: for optional lookups, so a CA that is down costs a pass no time.
+    pub async fn connect_quick(cfg: &AcmeConfig, state: &StateDir) -> Result<Self, AcmeError> {
+        Self::connect_with(cfg, state, true).await
+    }
+
+    async fn connect_with(
+        cfg: &AcmeConfig,
+        state: &StateDir,
+        quick: bool,
+    ) -> Result<Self, AcmeError> {
         let ca = Ca::new(cfg, state);
         ca.check_hold()?;
         let http = ca::build_http(cfg)?;
-        let limit = cfg.order_timeout;
-        let connecting = http::scoped(account::load_or_create(cfg, &ca, http));
+        let limit = if quick {
+            cfg.request_timeout
+        } else {
+            cfg.order_timeout
+        };
+        let connecting = http::scoped(account::load_or_create(cfg, &ca, http, quick));
         let account = tokio::time::timeout(limit, connecting)
             .await
             .map_err(|_| AcmeError::Timeout {
                 step: "account",
-                what: "connecting to the CA did not finish within acme.order_timeout".into(),
+                what: if quick {
+                    "connecting to the CA for an optional lookup did not finish within acme.request_timeout".into()
+                } else {
+                    "connecting to the CA did not finish within acme.order_timeout".into()
+                },
                 after: limit,
             })??;
         Ok(Self {

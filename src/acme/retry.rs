@@ -30,6 +30,18 @@ pub(super) struct Attempts {
     transient: u32,
 }
 
+impl Attempts {
+    /// Bookkeeping that repeats badNonce but not transient errors: for lookups that are
+    /// optional (ARI for a certificate that is not due), where waiting on a CA that is
+    /// down would only delay certificates that need nothing from it.
+    pub(super) fn without_transient_retries() -> Self {
+        Attempts {
+            nonce: 0,
+            transient: TRANSIENT_RETRIES,
+        }
+    }
+}
+
 /// What to do after a failed step.
 pub(super) enum Next {
     Retry,

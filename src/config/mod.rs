@@ -180,7 +180,14 @@ pub struct AcmeConfig {
     pub request_timeout: Duration,
     /// Longest time one whole order (including polling) may take.
     pub order_timeout: Duration,
+    /// How many orders run at once against this CA (`max_concurrent_orders`; 0 in the
+    /// file means no limit): the CA, not certkeeper, should be what limits a big renewal.
+    pub max_concurrent_orders: usize,
 }
+
+/// Default for `acme.max_concurrent_orders`: enough to keep a public CA busy without
+/// looking like a flood.
+pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 8;
 
 /// Default for `acme.request_timeout`.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

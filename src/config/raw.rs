@@ -90,6 +90,7 @@ pub(super) struct RawAcme {
     pub(super) eab_hmac_key: Option<Spanned<Secret>>,
     pub(super) request_timeout: Option<Spanned<Parsed<HumanDuration>>>,
     pub(super) order_timeout: Option<Spanned<Parsed<HumanDuration>>>,
+    pub(super) max_concurrent_orders: Option<Spanned<u32>>,
 }
 
 /// The whole file.

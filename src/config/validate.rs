@@ -122,6 +122,11 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
         eab,
         request_timeout,
         order_timeout,
+        max_concurrent_orders: match acme_raw.max_concurrent_orders.map(|v| *v.get_ref()) {
+            None => super::DEFAULT_MAX_CONCURRENT_ORDERS,
+            Some(0) => tokio::sync::Semaphore::MAX_PERMITS,
+            Some(n) => (n as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
+        },
     }
 }
 

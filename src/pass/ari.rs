@@ -51,12 +51,11 @@ impl Runner {
         {
             return None;
         }
-        let acme = match self.acme().await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("cannot check ARI, using the threshold: {e}");
-                return cached;
-            }
+        // Optional: a CA that is down must not delay a certificate that is not due (the
+        // failure is logged once per pass, in `acme_quick`).
+        let Some(acme) = self.acme_quick().await else {
+            debug!("ARI not checked: the CA is unreachable");
+            return cached;
         };
         match acme.renewal_info(&info.leaf_der).await {
             Ok(lookup) => self.learn_ari(cert, info, &ca, lookup, rec, now),

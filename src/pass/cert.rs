@@ -29,14 +29,35 @@ impl Runner {
     /// back-off, order, install, reload, and record. Returns what happened and when the
     /// certificate next needs attention.
     pub async fn process(&self, cert: &CertConfig, force: bool) -> CertResult {
+        self.process_in(cert, force, None).await
+    }
+
+    /// [`Runner::process`] holding a look slot of the pass, given back before the
+    /// certificate waits for an order slot: a certificate being renewed never keeps
+    /// the ones behind it from being looked at.
+    pub(super) async fn process_in(
+        &self,
+        cert: &CertConfig,
+        force: bool,
+        mut look_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> CertResult {
         let now = self.now();
         let (mut rec, rolled) = match self.prepare(cert, now).await {
             Ok(r) => r,
             Err(failed) => return failed,
         };
+        let loaded = rec.clone();
         let look = self.look(cert, &mut rec, rolled, now).await;
+        if look.decision.due || force {
+            look_slot.take();
+        }
         let mut result = self.act(cert, &look, &mut rec, force, now).await;
         result.fingerprint = result.fingerprint.or(look.fingerprint);
+        // An unchanged record is not written again: at 10,000 certificates, a no-op pass
+        // would otherwise spend its time in fsync.
+        if rec == loaded {
+            return result;
+        }
         if let Err(e) = self.save(&cert.name, rec).await {
             error!("cannot record state: {e}");
             return CertResult::failed(cert, e.to_string(), now + policy::backoff_delay(1));
@@ -54,11 +75,14 @@ impl Runner {
         let retry = now + policy::backoff_delay(1);
         // Reading the record and completing an install read, write and fsync: off the
         // async workers.
-        let (state, name) = (self.state.clone(), cert.name.clone());
+        // The owner markers are claimed in the same trip to the blocking pool: at 10,000
+        // certificates, each extra trip costs more than the work it carries.
+        let (state, c, me) = (self.state.clone(), cert.clone(), self.owner_id.clone());
         let loaded = tokio::task::spawn_blocking(move || {
-            let mut rec = state.load(&name)?;
-            let r = roll_forward(&state, &name, &mut rec, now);
-            Ok::<_, crate::state::StateError>((r, rec))
+            let mut rec = state.load(&c.name)?;
+            let r = roll_forward(&state, &c.name, &mut rec, now);
+            let claimed = owner::claim_as(&me, &c).map_err(|e| PassError::Conflict(e.to_string()));
+            Ok::<_, crate::state::StateError>((r, rec, claimed))
         })
         .await
         .map_err(|e| CertResult::failed(cert, e.to_string(), retry))?;
@@ -66,13 +90,13 @@ impl Runner {
             error!("{e}");
             CertResult::failed(cert, e.to_string(), retry)
         })?;
-        let (rolled, mut rec) = match rolled {
-            (Ok(rolled), rec) => (rolled, rec),
-            (Err(e), rec) => return Err(self.refuse(cert, rec, &e, "install-failed", retry)),
+        let (rolled, rec, claimed) = match rolled {
+            (Ok(rolled), rec, claimed) => (rolled, rec, claimed),
+            (Err(e), rec, _) => return Err(self.refuse(cert, rec, &e, "install-failed", retry)),
         };
         // A certificate whose files another state_dir owns is refused, never ordered.
-        if let Err(e) = self.claim(cert).await {
-            return Err(self.refuse(cert, std::mem::take(&mut rec), &e, "conflict", retry));
+        if let Err(e) = claimed {
+            return Err(self.refuse(cert, rec, &e, "conflict", retry));
         }
         Ok((rec, rolled))
     }
@@ -102,8 +126,10 @@ impl Runner {
         rolled: bool,
         now: OffsetDateTime,
     ) -> Look {
-        let (disk, fingerprint) = read_disk(cert, now).await;
-        self.repair_modes(cert).await;
+        let (disk, fingerprint, loose_modes) = read_disk(cert, now).await;
+        if loose_modes {
+            self.repair_modes(cert).await;
+        }
         if let OnDisk::Invalid { reason, .. } = &disk {
             warn!("installed files are not usable: {reason}");
         }
@@ -159,8 +185,8 @@ impl Runner {
     /// Claims this certificate's existing files for our state_dir with the owner markers
     /// next to them (see [`crate::owner`]), off the async workers.
     pub(super) async fn claim(&self, cert: &CertConfig) -> Result<(), PassError> {
-        let (root, c) = (self.state.root().to_path_buf(), cert.clone());
-        tokio::task::spawn_blocking(move || owner::claim(&root, &c).map_err(|e| e.to_string()))
+        let (me, c) = (self.owner_id.clone(), cert.clone());
+        tokio::task::spawn_blocking(move || owner::claim_as(&me, &c).map_err(|e| e.to_string()))
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
             .map_err(PassError::Conflict)
@@ -172,9 +198,6 @@ impl Runner {
     async fn repair_modes(&self, cert: &CertConfig) {
         let (state, c) = (self.state.clone(), cert.clone());
         let fixed = tokio::task::spawn_blocking(move || {
-            if inventory::mode_warnings(&c.files(), c.key_mode).is_empty() {
-                return Ok(Vec::new());
-            }
             store::repair_modes(&state, &c).map_err(|e| e.to_string())
         })
         .await
@@ -202,7 +225,8 @@ impl Runner {
         rec: &mut CertRecord,
         now: OffsetDateTime,
     ) -> CertResult {
-        info!(
+        // Debug, not info: at 10,000 certificates the outcome lines already say it.
+        tracing::debug!(
             renew_at = %rfc3339(decision.renew_at),
             "not due: {}",
             decision.reason
@@ -301,12 +325,26 @@ fn next_wake(rec: &CertRecord, renew_at: OffsetDateTime, now: OffsetDateTime) ->
 }
 
 /// Reads the disk for one pass, off the async workers: the fingerprint first, then the
-/// inspection, so a change between the two reads can only cause an extra re-check.
-async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fingerprint>) {
+/// inspection, so a change between the two reads can only cause an extra re-check; and
+/// whether a secret file is readable by others (to be repaired).
+async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fingerprint>, bool) {
     let c = cert.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let fp = super::fingerprint_files(&c);
-        (inventory::inspect(&c.files(), &c.domains, now), Some(fp))
+        let reads = super::fingerprint::read_files(&c);
+        let fp = super::fingerprint::fingerprint_read(&reads);
+        let files = c.files();
+        let loose = !inventory::mode_warnings(&files, c.key_mode).is_empty();
+        // Each file is read once: what was fingerprinted is what is inspected (an error is
+        // read again, so its message is fresh and owned).
+        let read = |p: &std::path::Path| match reads.iter().find(|(q, _)| q == p) {
+            Some((_, Ok(data))) => Ok(data.clone()),
+            _ => crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true),
+        };
+        (
+            inventory::inspect_read(&files, &c.domains, now, &read),
+            Some(fp),
+            loose,
+        )
     });
     match read.await {
         Ok(r) => r,
@@ -316,6 +354,7 @@ async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fi
                 info: None,
             },
             None,
+            false,
         ),
     }
 }

@@ -30,12 +30,28 @@ pub fn fingerprint_of<'a>(contents: impl IntoIterator<Item = Option<&'a [u8]>>) 
 /// Reads a certificate's files and fingerprints them. Blocking: call off the async
 /// workers. A file that is not a regular file or is over the size limit counts as absent.
 pub fn fingerprint_files(cert: &CertConfig) -> Fingerprint {
-    let data: Vec<Option<Vec<u8>>> = cert
-        .files()
+    fingerprint_read(&read_files(cert))
+}
+
+/// What each of a certificate's files held when read once (bounded, regular files only),
+/// in the order of [`crate::fileset::FileSet::iter`].
+pub(super) type FileReads = Vec<(std::path::PathBuf, Result<Vec<u8>, fsx::ReadError>)>;
+
+/// Reads each of a certificate's files once. Blocking.
+pub(super) fn read_files(cert: &CertConfig) -> FileReads {
+    cert.files()
         .iter()
-        .map(|(_, p)| fsx::read_regular(p, fsx::PEM_LIMIT, true).ok())
-        .collect();
-    fingerprint_of(data.iter().map(|d| d.as_deref()))
+        .map(|(_, p)| (p.to_path_buf(), fsx::read_regular(p, fsx::PEM_LIMIT, true)))
+        .collect()
+}
+
+/// The fingerprint of contents read by [`read_files`].
+pub(super) fn fingerprint_read(reads: &FileReads) -> Fingerprint {
+    fingerprint_of(
+        reads
+            .iter()
+            .map(|(_, r)| r.as_ref().ok().map(Vec::as_slice)),
+    )
 }
 
 /// The fingerprint the installed files will have: the same bytes the store writes, so the

@@ -36,8 +36,9 @@ pub use fingerprint::{Fingerprint, fingerprint_files, fingerprint_of};
 pub use record::{DAMAGE_WINDOW, MAX_DAMAGED_IN_A_ROW, record_panic, roll_forward};
 pub use runner::{CertResult, Runner};
 
-/// How many orders run at once.
-pub const MAX_CONCURRENT: usize = 4;
+/// How many certificates are looked at at once. Each look reads a few small files off
+/// the async workers; more in flight would only hold more memory at 10,000 certificates.
+pub const MAX_LOOKS: usize = 64;
 /// How soon a failed reload hook is retried by a long-running process.
 pub const HOOK_RETRY: Duration = Duration::from_secs(300);
 
@@ -104,10 +105,12 @@ fn roll_forward_unselected(
     selected: &[CertConfig],
     clock: &SharedClock,
 ) {
+    let chosen: std::collections::HashSet<&str> =
+        selected.iter().map(|c| c.name.as_str()).collect();
     for cert in cfg
         .certs
         .iter()
-        .filter(|c| !selected.iter().any(|s| s.name == c.name))
+        .filter(|c| !chosen.contains(c.name.as_str()))
     {
         let mut rec = state.load(&cert.name).unwrap_or_default();
         if let Err(e) = roll_forward(state, &cert.name, &mut rec, clock.now()) {
@@ -121,29 +124,47 @@ fn roll_forward_unselected(
 async fn run_all(runner: Arc<Runner>, certs: Vec<CertConfig>, force: bool) -> Vec<Outcome> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut ids = std::collections::HashMap::new();
+    let looks = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKS));
+    let mut out = Vec::new();
     for (i, cert) in certs.into_iter().enumerate() {
+        let slot = looks.clone().acquire_owned().await.expect("never closed");
+        // Collect what finished meanwhile, so 10,000 outcomes don't wait in the set.
+        while let Some(r) = tasks.try_join_next_with_id() {
+            collect(&runner, &ids, r, &mut out);
+        }
         let runner = runner.clone();
         let span = info_span!("cert", cert = %cert.name);
         let name = cert.name.clone();
-        let handle = tasks
-            .spawn(async move { (i, runner.process(&cert, force).await.outcome) }.instrument(span));
+        let task = async move { (i, runner.process_in(&cert, force, Some(slot)).await.outcome) };
+        let handle = tasks.spawn(task.instrument(span));
         ids.insert(handle.id(), (i, name));
     }
-    let mut out = Vec::new();
     while let Some(r) = tasks.join_next_with_id().await {
+        collect(&runner, &ids, r, &mut out);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, o)| o).collect()
+}
+
+/// One finished certificate task's outcome; a panic is recorded on the ladder.
+fn collect(
+    runner: &Runner,
+    ids: &std::collections::HashMap<tokio::task::Id, (usize, String)>,
+    r: Result<(tokio::task::Id, (usize, Outcome)), tokio::task::JoinError>,
+    out: &mut Vec<(usize, Outcome)>,
+) {
+    {
         match r {
             Ok((_, v)) => out.push(v),
             Err(e) => {
                 let Some((i, name)) = ids.get(&e.id()).cloned() else {
                     error!("a certificate task failed: {e}");
-                    continue;
+                    return;
                 };
-                out.push((i, panicked(&runner, name, &e.to_string())));
+                out.push((i, panicked(runner, name, &e.to_string())));
             }
         }
     }
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, o)| o).collect()
 }
 
 /// The outcome of a certificate task that panicked, after recording it.

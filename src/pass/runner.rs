@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use super::{Fingerprint, MAX_CONCURRENT, Outcome, PassError};
+use super::{Fingerprint, Outcome, PassError};
 use crate::acme::{Acme, AcmeError};
 use crate::challenge::Responders;
 use crate::clock::SharedClock;
@@ -26,8 +26,14 @@ pub struct Runner {
     pub responders: Responders,
     /// Where "now" comes from.
     pub clock: SharedClock,
+    /// The state directory as owner markers name it, resolved once per runner.
+    pub(super) owner_id: std::path::PathBuf,
     acme: tokio::sync::Mutex<AcmeCache>,
-    /// At most `MAX_CONCURRENT` orders at once, so a fleet of certificates does not hit
+    /// The connection for optional lookups (ARI of certificates that are not due): tried
+    /// once, without retries, and its failure shared by every certificate of the pass, so
+    /// a CA that is down costs a no-op pass no time and one log line.
+    quick: tokio::sync::Mutex<AcmeCache>,
+    /// At most `acme.max_concurrent_orders` orders at once, so a fleet of certificates does not hit
     /// the CA all at the same moment. Shared with the runner that replaces this one on a
     /// config reload, so tasks still running under the old config count too.
     pub(super) orders: Arc<Semaphore>,
@@ -82,13 +88,17 @@ impl Runner {
         responders: Responders,
         clock: SharedClock,
     ) -> Self {
+        let orders = Arc::new(Semaphore::new(cfg.acme.max_concurrent_orders));
+        let owner_id = crate::owner::canonical_state_dir(state.root());
         Self {
+            owner_id,
             cfg,
             state,
             responders,
             clock,
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
-            orders: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            quick: tokio::sync::Mutex::new(AcmeCache::Empty),
+            orders,
         }
     }
 
@@ -96,11 +106,13 @@ impl Runner {
     /// CA-record lock and clock, so old and new tasks together stay within the limits.
     pub fn reconfigured(&self, cfg: Arc<Config>) -> Self {
         Self {
+            owner_id: self.owner_id.clone(),
             cfg,
             state: self.state.clone(),
             responders: self.responders.clone(),
             clock: self.clock.clone(),
             acme: tokio::sync::Mutex::new(AcmeCache::Empty),
+            quick: tokio::sync::Mutex::new(AcmeCache::Empty),
             orders: self.orders.clone(),
         }
     }
@@ -146,6 +158,9 @@ impl Runner {
     /// The ACME account, connecting (and creating it) on first use. A failure carries the
     /// CA's stored hold, if one is in force, for the ladder.
     pub(super) async fn acme(&self) -> Result<Arc<Acme>, PassError> {
+        if let AcmeCache::Ready(a) = &*self.quick.lock().await {
+            return Ok(a.clone());
+        }
         let mut cache = self.acme.lock().await;
         let failed = |error: Arc<AcmeError>| PassError::Connect {
             error,
@@ -170,6 +185,41 @@ impl Runner {
                 let e = Arc::new(e);
                 *cache = AcmeCache::Failed(e.clone(), tokio::time::Instant::now());
                 Err(failed(e))
+            }
+        }
+    }
+}
+
+impl Runner {
+    /// The account for an optional lookup, or None when the CA cannot be reached now. The
+    /// first failure is logged once (not once per certificate); later callers within
+    /// [`CONNECT_FAILURE_TTL`] get None at once.
+    pub(super) async fn acme_quick(&self) -> Option<Arc<Acme>> {
+        if let AcmeCache::Ready(a) = &*self.acme.lock().await {
+            return Some(a.clone());
+        }
+        let mut cache = self.quick.lock().await;
+        match &*cache {
+            AcmeCache::Ready(a) => return Some(a.clone()),
+            AcmeCache::Failed(_, at)
+                if at.elapsed() < crate::fault::scaled(CONNECT_FAILURE_TTL) =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+        match Acme::connect_quick(&self.cfg.acme, &self.state).await {
+            Ok(a) => {
+                let a = Arc::new(a);
+                *cache = AcmeCache::Ready(a.clone());
+                Some(a)
+            }
+            Err(e) => {
+                warn!(
+                    "cannot reach the CA for ARI; certificates that are not due use their renew_before threshold: {e}"
+                );
+                *cache = AcmeCache::Failed(Arc::new(e), tokio::time::Instant::now());
+                None
             }
         }
     }
@@ -203,7 +253,10 @@ mod tests {
         let r2 = r.reconfigured(r.cfg.clone());
         assert!(Arc::ptr_eq(&r.orders, &r2.orders));
         assert!(r.state.shares_ca_lock(&r2.state));
-        let _held = r.orders.try_acquire_many(MAX_CONCURRENT as u32).unwrap();
+        let _held = r
+            .orders
+            .try_acquire_many(crate::config::DEFAULT_MAX_CONCURRENT_ORDERS as u32)
+            .unwrap();
         assert!(
             r2.orders.try_acquire().is_err(),
             "the new runner got its own slots"
