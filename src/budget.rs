@@ -27,11 +27,7 @@ pub fn prune(times: &mut Vec<OffsetDateTime>, window: Duration, now: OffsetDateT
 
 /// When the window of `times` (sorted, pruned) next has room for one more entry, given at
 /// most `max` entries per `window`; `None` if it has room now.
-pub fn reopens_at(
-    times: &[OffsetDateTime],
-    max: u32,
-    window: Duration,
-) -> Option<OffsetDateTime> {
+pub fn reopens_at(times: &[OffsetDateTime], max: u32, window: Duration) -> Option<OffsetDateTime> {
     let max = max as usize;
     if times.len() < max {
         return None;

@@ -122,7 +122,10 @@ mod rfc3339_list {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<OffsetDateTime>, D::Error> {
-        Ok(Vec::<Stamp>::deserialize(d)?.into_iter().map(|s| s.0).collect())
+        Ok(Vec::<Stamp>::deserialize(d)?
+            .into_iter()
+            .map(|s| s.0)
+            .collect())
     }
 }
 

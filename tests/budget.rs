@@ -32,7 +32,11 @@ fn budget_defers_and_resumes_across_runs() {
         .iter()
         .filter(|n| env.cert_paths(n).0.exists())
         .collect();
-    assert_eq!(issued.len(), 2, "the budget allows exactly 2 orders:\n{out}");
+    assert_eq!(
+        issued.len(),
+        2,
+        "the budget allows exactly 2 orders:\n{out}"
+    );
     let deferred = *names
         .iter()
         .find(|n| !env.cert_paths(n).0.exists())
@@ -47,7 +51,10 @@ fn budget_defers_and_resumes_across_runs() {
     assert_eq!(st["state"], "deferred", "{st}");
     assert_eq!(st["hold"], "deferred", "{st}");
     assert_eq!(st["last_outcome"], "deferred", "{st}");
-    assert_eq!(st["failures"], 0, "a deferral is not on the retry ladder: {st}");
+    assert_eq!(
+        st["failures"], 0,
+        "a deferral is not on the retry ladder: {st}"
+    );
     let until = rfc3339(&st["hold_until"], "hold_until");
     assert!(
         st["hold_reason"]
@@ -67,7 +74,10 @@ fn budget_defers_and_resumes_across_runs() {
     let out = env.run(&cfg, &["renew"]);
     assert_eq!(out.code, 0, "{out}");
     assert!(!env.cert_paths(deferred).0.exists(), "overspent:\n{out}");
-    assert!(out.stderr.contains("deferred: the CA's order budget"), "{out}");
+    assert!(
+        out.stderr.contains("deferred: the CA's order budget"),
+        "{out}"
+    );
     let st = env.status_of(&cfg, deferred);
     assert_eq!(rfc3339(&st["hold_until"], "hold_until"), until, "{st}");
 
@@ -119,13 +129,26 @@ fn breaker_trips_and_refuses_force() {
         ),
         "{out}"
     );
-    assert_eq!(cert_serial(&cert), serial2, "the breaker let an order through");
+    assert_eq!(
+        cert_serial(&cert),
+        serial2,
+        "the breaker let an order through"
+    );
     let st = env.status_of(&cfg, "loop");
     assert_eq!(st["hold"], "breaker", "{st}");
-    assert_eq!(st["state"], "valid", "not due, so the state stays valid: {st}");
-    assert_eq!(st["failures"], 0, "the breaker is not on the retry ladder: {st}");
+    assert_eq!(
+        st["state"], "valid",
+        "not due, so the state stays valid: {st}"
+    );
+    assert_eq!(
+        st["failures"], 0,
+        "the breaker is not on the retry ladder: {st}"
+    );
     let reopens = rfc3339(&st["hold_until"], "hold_until");
-    assert!(reopens > now() + std::time::Duration::from_secs(23 * 3600), "{st}");
+    assert!(
+        reopens > now() + std::time::Duration::from_secs(23 * 3600),
+        "{st}"
+    );
 
     // Whatever the files say: with the set gone it is due, and still not ordered.
     fs::remove_file(&cert).unwrap();

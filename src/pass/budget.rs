@@ -242,7 +242,10 @@ mod tests {
         let r = runner(dir.path(), "max_new_orders = \"1/1h\"", clock);
         r.update_ca(&directory, |ca| ca.ari_supported = Some(true));
         r.spend_budget(&present()).await.unwrap();
-        assert!(r.spend_budget(&present()).await.is_err(), "not exempt by default");
+        assert!(
+            r.spend_budget(&present()).await.is_err(),
+            "not exempt by default"
+        );
     }
 
     /// `"unlimited"` turns the budget off: nothing is counted or refused.
@@ -272,7 +275,9 @@ mod tests {
         assert!(r.breaker_refusal(&cert, &mut rec, true, start()).is_none());
         budget::note_issued(&mut rec.issued_at, start() + time::Duration::seconds(3));
         let now = start() + time::Duration::seconds(4);
-        let res = r.breaker_refusal(&cert, &mut rec, true, now).expect("tripped");
+        let res = r
+            .breaker_refusal(&cert, &mut rec, true, now)
+            .expect("tripped");
         assert!(!res.outcome.ok);
         assert_eq!(res.next_wake, start() + time::Duration::hours(24));
         let msg = &res.outcome.summary;

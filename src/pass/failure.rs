@@ -77,9 +77,7 @@ impl PassError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Acme(e) => e.class(),
-            Self::Connect { hold: Some(_), .. } | Self::Deferred { .. } => {
-                ErrorClass::RateLimited
-            }
+            Self::Connect { hold: Some(_), .. } | Self::Deferred { .. } => ErrorClass::RateLimited,
             Self::Connect { error, .. } => error.class(),
             Self::Verify(_) | Self::Conflict(_) => ErrorClass::Permanent,
             Self::Internal(_) => ErrorClass::Transient,
