@@ -17,6 +17,7 @@
 //! - [`hooks`]: running argv hooks with timeout, env, JSON stdin and captured output.
 //! - [`owner`]: ownership markers next to managed files, so two `state_dir`s never share them.
 //! - [`state`]: what is remembered between runs (retry ladder, outcomes, ARI) and the lock.
+//! - [`budget`]: the per-CA order budget and the per-certificate circuit breaker (pure).
 //! - [`pass`]: one renewal pass; each certificate's pipeline as small named steps.
 //! - [`report`]: `status`, `--dry-run` lines and metrics as pure views over gathered facts.
 //! - [`daemon`]: `certkeeper run`: schedule, file watch, signals, metrics server.
@@ -25,6 +26,7 @@
 //! - [`timefmt`]: how times and durations are shown (RFC 3339, `2d3h`).
 
 pub mod acme;
+pub mod budget;
 pub mod challenge;
 pub mod check;
 pub mod cli;

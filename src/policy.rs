@@ -28,6 +28,11 @@ pub enum CertState {
     Invalid,
     /// Past not_after.
     Expired,
+    /// Due, but the CA's order budget is spent (set by `status`, never by the policy).
+    Deferred,
+    /// Due, but the certificate's circuit breaker is open (set by `status`, never by the
+    /// policy).
+    Breaker,
 }
 
 impl CertState {
@@ -39,6 +44,8 @@ impl CertState {
             Self::Missing => "missing",
             Self::Invalid => "invalid",
             Self::Expired => "expired",
+            Self::Deferred => "deferred",
+            Self::Breaker => "breaker",
         }
     }
 }

@@ -62,6 +62,14 @@ pub struct CertRecord {
     /// The class of `last_error` (transient, rate-limited, permanent, local), which set
     /// the retry ladder's step.
     pub last_error_class: Option<ErrorClass>,
+    /// When each successful order of the last 24 h completed, for the circuit breaker
+    /// (`max_orders_per_cert`); pruned to 24 h whenever one is added.
+    #[serde(with = "rfc3339_list")]
+    pub issued_at: Vec<OffsetDateTime>,
+    /// The CA's order budget was spent when this certificate was due: no order before
+    /// this time. Not a failure: the retry ladder is untouched.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub deferred_until: Option<OffsetDateTime>,
 }
 
 impl CertRecord {
@@ -92,6 +100,33 @@ pub struct CaRecord {
     /// this CA before then, across runs and certificates.
     #[serde(with = "time::serde::rfc3339::option")]
     pub retry_after_until: Option<OffsetDateTime>,
+    /// When each new order counted against `acme.max_new_orders` was sent, pruned to the
+    /// budget's window, so the budget holds across runs and concurrent certificates.
+    #[serde(with = "rfc3339_list")]
+    pub new_orders: Vec<OffsetDateTime>,
+}
+
+/// Lists of timestamps in the state files as RFC 3339 strings, like every other time.
+mod rfc3339_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use time::OffsetDateTime;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(transparent)]
+    struct Stamp(#[serde(with = "time::serde::rfc3339")] OffsetDateTime);
+
+    pub(super) fn serialize<S: Serializer>(v: &[OffsetDateTime], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|t| Stamp(*t)).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<OffsetDateTime>, D::Error> {
+        Ok(Vec::<Stamp>::deserialize(d)?
+            .into_iter()
+            .map(|s| s.0)
+            .collect())
+    }
 }
 
 /// Errors reading or writing the state directory.

@@ -13,6 +13,7 @@
 //! `validate` raw -> validated, `alias` canonical paths and the aliasing check.
 
 mod alias;
+mod limits;
 mod parse;
 mod raw;
 mod span;
@@ -31,7 +32,7 @@ use crate::fileset::FileSet;
 use serde::Deserialize;
 
 pub use alias::{canonical_file, normalize_lexically, path_alias_errors};
-pub use parse::{KeyType, Mode, RenewBefore, parse_duration, parse_signal};
+pub use parse::{KeyType, Mode, OrderLimit, RenewBefore, parse_duration, parse_signal};
 
 /// Where the config is read from when neither `--config` nor `CERTKEEPER_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
@@ -175,6 +176,12 @@ pub struct AcmeConfig {
     pub ca_bundle: Option<PathBuf>,
     /// External Account Binding, if the CA requires it.
     pub eab: Option<Eab>,
+    /// The CA's rate limit on new orders (`max_new_orders`), kept across runs so the agent
+    /// never sends an order the CA would refuse; `None` is `"unlimited"`.
+    pub max_new_orders: Option<OrderLimit>,
+    /// Renewals that carry ARI `replaces` do not count against `max_new_orders` (Let's
+    /// Encrypt exempts them); off by default, since most CAs count every order.
+    pub replaces_exempt: bool,
     /// Longest wait for one HTTP exchange with the CA, so a CA that stops answering
     /// fails the run instead of hanging it.
     pub request_timeout: Duration,
@@ -193,6 +200,9 @@ pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 8;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `acme.order_timeout`.
 pub const DEFAULT_ORDER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Default for `max_orders_per_cert`.
+pub const DEFAULT_MAX_ORDERS_PER_CERT: u32 = 3;
 
 /// A line/column in the config, kept so later checks can point at the right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -242,6 +252,9 @@ pub struct CertConfig {
     pub reload_signal: Option<ReloadSignal>,
     /// Plain files or versioned directories behind one symlink (`layout`).
     pub layout: Layout,
+    /// The circuit breaker: at most this many successful orders in 24 hours, whatever the
+    /// policy, ARI or the files say, so a renewal loop cannot burn the CA's limits.
+    pub max_orders_per_cert: u32,
     /// Where each key of this certificate was written, for pointing errors at lines.
     pub locs: BTreeMap<String, Loc>,
 }

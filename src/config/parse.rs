@@ -253,3 +253,94 @@ fn check_not_ip(d: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `acme.max_new_orders`: at most `orders` new orders per sliding `window`, the way CAs
+/// state their rate limits (Let's Encrypt: 300 new orders per account per 3 hours), so the
+/// agent stops before the CA starts refusing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderLimit {
+    /// New orders allowed inside one window (at least 1).
+    pub orders: u32,
+    /// The sliding window.
+    pub window: Duration,
+}
+
+impl Default for OrderLimit {
+    /// Let's Encrypt's default limit: 300 new orders per 3 hours.
+    fn default() -> Self {
+        Self {
+            orders: 300,
+            window: Duration::from_secs(3 * 3600),
+        }
+    }
+}
+
+impl fmt::Display for OrderLimit {
+    /// "300 per 3h", as the deferral messages show it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {}", self.orders, format_duration(self.window))
+    }
+}
+
+/// `max_new_orders` as written: a limit, or `"unlimited"` for a CA without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MaxNewOrders(pub(super) Option<OrderLimit>);
+
+impl FromStr for MaxNewOrders {
+    type Err = String;
+
+    /// `"N/DURATION"` (e.g. `"300/3h"`, `"2/20s"`) or `"unlimited"`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "unlimited" {
+            return Ok(Self(None));
+        }
+        let hint = "expected \"N/DURATION\" such as \"300/3h\", or \"unlimited\"";
+        let Some((n, window)) = s.split_once('/') else {
+            return Err(format!("invalid order limit {s:?}; {hint}"));
+        };
+        let orders: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid order limit {s:?}: {n:?} is not a count; {hint}"))?;
+        if orders == 0 {
+            return Err(format!(
+                "order limit {s:?} allows no order at all; use at least 1, or \"unlimited\" to turn the budget off"
+            ));
+        }
+        let window = parse_duration(window).map_err(|e| format!("{e}; {hint}"))?;
+        Ok(Self(Some(OrderLimit { orders, window })))
+    }
+}
+
+#[cfg(test)]
+mod order_limit_tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_per_window_and_unlimited() {
+        let l = "300/3h".parse::<MaxNewOrders>().unwrap().0.unwrap();
+        assert_eq!(l, OrderLimit::default());
+        assert_eq!(l.to_string(), "300 per 3h");
+        let l = " 2 / 20s ".parse::<MaxNewOrders>().unwrap().0.unwrap();
+        assert_eq!((l.orders, l.window), (2, Duration::from_secs(20)));
+        assert_eq!("unlimited".parse::<MaxNewOrders>().unwrap().0, None);
+    }
+
+    #[test]
+    fn rejects_malformed_limits_with_a_hint() {
+        for (bad, says) in [
+            ("300", "N/DURATION"),
+            ("0/3h", "unlimited"),
+            ("0", "N/DURATION"),
+            ("x/3h", "not a count"),
+            ("300/3", "needs a unit"),
+            ("300/", "empty duration"),
+            ("-1/3h", "not a count"),
+            ("none", "N/DURATION"),
+        ] {
+            let e = bad.parse::<MaxNewOrders>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::parse::{HumanDuration, Parsed};
+use super::parse::{HumanDuration, MaxNewOrders, Parsed};
 use super::{KeyType, Layout, Mode, RenewBefore, Secret};
 
 /// `challenge = "http-01" | "dns-01"`, before the keys it needs are looked up.
@@ -44,6 +44,7 @@ macro_rules! cert_options {
             pub(super) profile: Option<Spanned<String>>,
             pub(super) reload_signal: Option<Spanned<RawReloadSignal>>,
             pub(super) layout: Option<Spanned<Layout>>,
+            pub(super) max_orders_per_cert: Option<Spanned<u32>>,
         }
     };
 }
@@ -86,6 +87,8 @@ pub(super) struct RawAcme {
     #[serde(default)]
     pub(super) contact: Vec<String>,
     pub(super) ca_bundle: Option<Spanned<PathBuf>>,
+    pub(super) max_new_orders: Option<Spanned<Parsed<MaxNewOrders>>>,
+    pub(super) replaces_exempt: Option<Spanned<bool>>,
     pub(super) eab_kid: Option<Spanned<String>>,
     pub(super) eab_hmac_key: Option<Spanned<Secret>>,
     pub(super) request_timeout: Option<Spanned<Parsed<HumanDuration>>>,

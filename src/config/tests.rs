@@ -489,3 +489,48 @@ fn strict_modes_flags_files_not_owned_by_root() {
         v[0]
     );
 }
+
+/// The order limits: Let's Encrypt's defaults, "N/DURATION", "unlimited", the breaker in
+/// `[defaults]` and per certificate, and bad values as located errors.
+#[test]
+fn order_limits_default_parse_and_errors_name_the_line() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.acme.max_new_orders, Some(OrderLimit::default()));
+    assert!(!c.acme.replaces_exempt);
+    assert_eq!(c.certs[0].max_orders_per_cert, DEFAULT_MAX_ORDERS_PER_CERT);
+
+    let acme = |extra: &str| BASE.replace("[defaults]", &format!("{extra}\n[defaults]"));
+    let c = parse(&acme("max_new_orders = \"2/20s\"\nreplaces_exempt = true")).unwrap();
+    assert_eq!(
+        c.acme.max_new_orders,
+        Some(OrderLimit {
+            orders: 2,
+            window: Duration::from_secs(20)
+        })
+    );
+    assert!(c.acme.replaces_exempt);
+    let c = parse(&acme("max_new_orders = \"unlimited\"")).unwrap();
+    assert_eq!(c.acme.max_new_orders, None);
+
+    // Line 7 is the inserted key.
+    let e = first_err(&acme("max_new_orders = \"300\""));
+    assert!(
+        e.to_string().starts_with("test.toml:7:") && e.message.contains("N/DURATION"),
+        "{e}"
+    );
+    let e = first_err(&acme("max_new_orders = \"0/3h\""));
+    assert!(
+        e.to_string().starts_with("test.toml:7:") && e.message.contains("unlimited"),
+        "{e}"
+    );
+
+    let d = BASE.replace("[defaults]\n", "[defaults]\nmax_orders_per_cert = 5\n");
+    assert_eq!(parse(&d).unwrap().certs[0].max_orders_per_cert, 5);
+    let own = format!("{d}max_orders_per_cert = 1\n");
+    assert_eq!(parse(&own).unwrap().certs[0].max_orders_per_cert, 1);
+    let e = first_err(&format!("{BASE}max_orders_per_cert = 0\n"));
+    assert_eq!(e.key, "cert[www].max_orders_per_cert");
+    assert_eq!(e.line, 15, "{e}");
+    let e = first_err(&format!("{BASE}max_orders_per_cert = -1\n"));
+    assert_eq!(e.line, 15, "{e}");
+}

@@ -108,6 +108,7 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
         locs.insert("acme.ca_bundle".into(), ctx.loc(&b.span()));
         ctx.path(b.get_ref())
     });
+    let (max_new_orders, replaces_exempt) = super::limits::acme_limits(&acme_raw, ctx, locs);
     let eab = eab(acme_raw.eab_kid, acme_raw.eab_hmac_key, ctx);
     let (request_timeout, order_timeout) = acme_timeouts(
         acme_raw.request_timeout.as_ref(),
@@ -120,6 +121,8 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
         contact: acme_raw.contact,
         ca_bundle,
         eab,
+        max_new_orders,
+        replaces_exempt,
         request_timeout,
         order_timeout,
         max_concurrent_orders: match acme_raw.max_concurrent_orders.map(|v| *v.get_ref()) {
@@ -315,6 +318,9 @@ fn one_cert(
     let group = pick!(s, ctx, group).map(|v| v.get_ref().clone());
     let profile = pick!(s, ctx, profile).map(|v| v.get_ref().clone());
     let reload_signal = reload_signal(&mut s, ctx);
+    let max_orders = pick!(s, ctx, max_orders_per_cert);
+    let max_orders_per_cert =
+        super::limits::max_orders_per_cert(max_orders, s.key("max_orders_per_cert"), &s.span, ctx);
     let reload = reload_hooks(&mut s, ctx);
     let challenge = challenge(&mut s, ctx);
     CertConfig {
@@ -336,6 +342,7 @@ fn one_cert(
         profile,
         reload_signal,
         layout,
+        max_orders_per_cert,
         locs: s.locs,
     }
 }

@@ -55,6 +55,15 @@ pub enum PassError {
         "not ordering: the outcome could not be recorded in the state directory ({0}); an order whose failure cannot be recorded would be repeated on every run"
     )]
     Unrecordable(StateError),
+    /// The CA's order budget (`acme.max_new_orders`) is spent: no order was sent. Not a
+    /// failure; the pass records a deferral instead of a step on the ladder.
+    #[error("{message}")]
+    Deferred {
+        /// The operator's message, with the limit and the time.
+        message: String,
+        /// When the budget next allows an order.
+        until: OffsetDateTime,
+    },
 }
 
 impl From<AcmeError> for PassError {
@@ -68,7 +77,7 @@ impl PassError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Acme(e) => e.class(),
-            Self::Connect { hold: Some(_), .. } => ErrorClass::RateLimited,
+            Self::Connect { hold: Some(_), .. } | Self::Deferred { .. } => ErrorClass::RateLimited,
             Self::Connect { error, .. } => error.class(),
             Self::Verify(_) | Self::Conflict(_) => ErrorClass::Permanent,
             Self::Internal(_) => ErrorClass::Transient,
@@ -86,6 +95,7 @@ impl PassError {
         match self {
             Self::Acme(e) => e.retry_after(),
             Self::Connect { error, hold } => error.retry_after().or(*hold),
+            Self::Deferred { until, .. } => Some(*until),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@
 //! views (`status`, `--dry-run`, metrics) live in [`crate::report`].
 
 mod ari;
+mod budget;
 mod cert;
 mod failure;
 mod fingerprint;

@@ -106,6 +106,9 @@ impl Runner {
         } else {
             info!("renewing: {}", decision.reason);
         }
+        if let Some(refused) = self.breaker_refusal(cert, rec, force, now) {
+            return refused;
+        }
         let permit = self
             .orders
             .clone()
@@ -119,6 +122,11 @@ impl Runner {
         crate::fault::point("before-order");
         let obtained = self.obtain(cert, disk, rec, &reservation.installing).await;
         drop(permit);
+        if let Err(PassError::Deferred { message, until }) = obtained {
+            // No order was sent: dropping the reservation unsettled puts the record back.
+            drop(reservation);
+            return self.deferred(cert, rec, message, until, force);
+        }
         reservation.settle();
         match obtained {
             Ok((info, fingerprint)) => {
@@ -170,6 +178,7 @@ impl Runner {
     ) -> Result<(CertInfo, Fingerprint), PassError> {
         let acme = self.acme().await?;
         let (key, csr) = new_key(cert).await?;
+        self.spend_budget(disk).await?;
         let chain = self.order_chain(&acme, cert, disk, &csr).await?;
         let (info, set) = verified_set(cert, key.serialize_pem(), chain, self.now())?;
         let fingerprint = set_fingerprint(cert, &set);
@@ -200,12 +209,10 @@ impl Runner {
         csr: &[u8],
     ) -> Result<String, PassError> {
         let ca = self.state.load_ca(acme.directory())?;
-        let replaces = match disk.info() {
-            Some(info) if ca.ari_supported == Some(true) && !ca.replaces_unsupported => {
-                Some(info.leaf_der.as_slice())
-            }
-            _ => None,
-        };
+        let replaces = disk
+            .info()
+            .filter(|_| super::budget::sends_replaces(&ca, true))
+            .map(|info| info.leaf_der.as_slice());
         let req = OrderRequest {
             cert,
             csr_der: csr,
@@ -221,6 +228,7 @@ impl Runner {
                 warn!("{e}; creating a new account and ordering again");
                 self.forget_account().await;
                 let acme = self.acme().await?;
+                self.charge_repeat();
                 Ok(acme.order(&req, &self.responders).await?)
             }
             Err(AcmeError::ReplacesIgnored { message, .. }) => {
@@ -228,6 +236,7 @@ impl Runner {
                     "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"
                 );
                 self.update_ca(acme.directory(), |c| c.replaces_unsupported = true);
+                self.charge_repeat();
                 Ok(acme.order(&without, &self.responders).await?)
             }
             Err(
@@ -236,6 +245,7 @@ impl Runner {
                 },
             ) if replaces.is_some() => {
                 warn!("the CA rejected the order with `replaces` ({e}); ordering again without it");
+                self.charge_repeat();
                 Ok(acme.order(&without, &self.responders).await?)
             }
             Err(e) => Err(e.into()),

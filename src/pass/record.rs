@@ -52,6 +52,8 @@ pub(super) fn mark_installed(rec: &mut CertRecord, now: OffsetDateTime, serial: 
     rec.renewals_ok += 1;
     rec.installed_serial = serial.map(str::to_string);
     rec.damaged_since_install = false;
+    rec.deferred_until = None;
+    crate::budget::note_issued(&mut rec.issued_at, now);
 }
 
 /// Records an error and its class without touching the ladder (conflicts, preflight).

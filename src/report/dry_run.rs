@@ -25,5 +25,10 @@ pub fn dry_run_line(f: &Facts) -> String {
             f.record.failures
         ));
     }
+    if d.due
+        && let Some(h) = &f.hold
+    {
+        line.push_str(&format!(" (not now: {})", h.message));
+    }
     line
 }

@@ -62,7 +62,7 @@ impl Families {
         if let Some(t) = r.times.last_failure {
             self.last_failure.get_or_create(&l).set(t);
         }
-        let usable = matches!(r.state, CertState::Valid | CertState::Due);
+        let usable = r.usable;
         self.valid.get_or_create(&l).set(i64::from(usable));
         for s in [
             CertState::Valid,
@@ -70,6 +70,8 @@ impl Families {
             CertState::Missing,
             CertState::Invalid,
             CertState::Expired,
+            CertState::Deferred,
+            CertState::Breaker,
         ] {
             let mut sl = l.clone();
             sl.push(("state".into(), s.as_str().into()));
@@ -112,7 +114,7 @@ impl Families {
         );
         reg.register(
             "certificate_state",
-            "1 for the certificate's current state (valid, due, missing, invalid, expired)",
+            "1 for the certificate's current state (valid, due, missing, invalid, expired, deferred, breaker)",
             self.state,
         );
         reg.register(
@@ -149,6 +151,10 @@ mod tests {
             reason: String::new(),
             rule: Rule::Fraction,
             state,
+            hold: None,
+            hold_until: None,
+            hold_reason: None,
+            usable: matches!(state, CertState::Valid | CertState::Due),
             serial: None,
             last_error: None,
             error_class: None,

@@ -9,7 +9,8 @@ mod table;
 
 use time::OffsetDateTime;
 
-use crate::config::{CertConfig, Config};
+use crate::budget;
+use crate::config::{CertConfig, Config, OrderLimit};
 use crate::inventory::{self, OnDisk};
 use crate::policy::{self, AriWindow, Decision};
 use crate::state::{CertRecord, StateDir};
@@ -39,10 +40,52 @@ pub struct Facts {
     pub warnings: Vec<String>,
     /// When the facts were gathered.
     pub now: OffsetDateTime,
+    /// What keeps the certificate from being ordered although nothing failed.
+    pub hold: Option<Hold>,
 }
 
-/// Gathers the facts for one certificate. Blocking: reads files and state only.
-pub fn facts(cert: &CertConfig, state: &StateDir, now: OffsetDateTime) -> Facts {
+/// A limit on orders in force for one certificate (see [`crate::budget`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// `deferred` (the CA's order budget) or `breaker` (the per-certificate breaker).
+    pub kind: crate::policy::CertState,
+    /// When the next order is allowed.
+    pub until: OffsetDateTime,
+    /// The same sentence the pass logged.
+    pub message: String,
+}
+
+/// The breaker, if open, else a deferral still in force under the current budget.
+fn hold(
+    cert: &CertConfig,
+    rec: &CertRecord,
+    limit: Option<OrderLimit>,
+    now: OffsetDateTime,
+) -> Option<Hold> {
+    use crate::policy::CertState;
+    if let Some(t) = budget::breaker(&rec.issued_at, cert.max_orders_per_cert, now) {
+        return Some(Hold {
+            kind: CertState::Breaker,
+            until: t.reopens,
+            message: t.message(&cert.name),
+        });
+    }
+    let (limit, until) = (limit?, rec.deferred_until.filter(|t| *t > now)?);
+    Some(Hold {
+        kind: CertState::Deferred,
+        until,
+        message: budget::deferred_message(&limit, until),
+    })
+}
+
+/// Gathers the facts for one certificate; `limit` is the CA's order budget in force.
+/// Blocking: reads files and state only.
+pub fn facts(
+    cert: &CertConfig,
+    state: &StateDir,
+    limit: Option<OrderLimit>,
+    now: OffsetDateTime,
+) -> Facts {
     let (record, record_error) = match state.load(&cert.name) {
         Ok(r) => (r, None),
         Err(e) => (CertRecord::default(), Some(e.to_string())),
@@ -58,6 +101,7 @@ pub fn facts(cert: &CertConfig, state: &StateDir, now: OffsetDateTime) -> Facts 
         now,
     );
     Facts {
+        hold: hold(cert, &record, limit, now),
         name: cert.name.clone(),
         domains: cert.domains.clone(),
         record,
@@ -78,7 +122,11 @@ pub fn gather<'a>(
     now: OffsetDateTime,
 ) -> Vec<Facts> {
     let state = StateDir::open_readonly(&cfg.state_dir);
-    certs.into_iter().map(|c| facts(c, &state, now)).collect()
+    let limit = cfg.acme.max_new_orders;
+    certs
+        .into_iter()
+        .map(|c| facts(c, &state, limit, now))
+        .collect()
 }
 
 /// The status rows of every certificate.

@@ -23,8 +23,18 @@ pub struct StatusRow {
     pub reason: String,
     /// Which rule set it.
     pub rule: policy::Rule,
-    /// valid, due, missing, invalid, expired.
+    /// valid, due, missing, invalid, expired; or, when due but held by a limit on
+    /// orders, deferred (the CA's order budget) or breaker (the circuit breaker).
     pub state: CertState,
+    /// The limit on orders in force, if any: `deferred` or `breaker`, even when not due.
+    pub hold: Option<CertState>,
+    /// When that limit next allows an order.
+    pub hold_until: Option<String>,
+    /// Its message, as logged.
+    pub hold_reason: Option<String>,
+    /// The installed set is usable (valid or due, whatever holds it), for metrics.
+    #[serde(skip)]
+    pub usable: bool,
     /// Serial of the installed certificate.
     pub serial: Option<String>,
     /// Last recorded error.
@@ -85,7 +95,14 @@ pub fn status_row(f: &Facts) -> StatusRow {
         renew_at: rfc3339(d.renew_at),
         reason: d.reason.clone(),
         rule: d.rule,
-        state: d.state,
+        state: match &f.hold {
+            Some(h) if d.due => h.kind,
+            _ => d.state,
+        },
+        hold: f.hold.as_ref().map(|h| h.kind),
+        hold_until: f.hold.as_ref().map(|h| rfc3339(h.until)),
+        hold_reason: f.hold.as_ref().map(|h| h.message.clone()),
+        usable: matches!(d.state, CertState::Valid | CertState::Due),
         serial: info.map(|i| i.serial.clone()),
         last_error: f.record_error.clone().or(rec.last_error.clone()),
         error_class: rec

@@ -38,7 +38,10 @@ pub fn status_table(rows: &[StatusRow]) -> String {
             r.not_after.clone().unwrap_or_else(|| "-".into()),
             remaining(r),
             r.renew_at.clone(),
-            r.state.as_str().to_string(),
+            match (&r.hold, &r.hold_until) {
+                (Some(h), Some(t)) if *h == r.state => format!("{} until {t}", r.state.as_str()),
+                _ => r.state.as_str().to_string(),
+            },
             r.reason.clone(),
             err,
         ]);
