@@ -126,7 +126,7 @@ impl Runner {
         rolled: bool,
         now: OffsetDateTime,
     ) -> Look {
-        let (disk, fingerprint) = match read_disk(cert, rec.verified_set.clone(), now).await {
+        let (disk, fingerprint) = match read_disk(self, cert, rec.verified_set.clone(), now).await {
             Some(d) => {
                 if d.loose_modes {
                     self.repair_modes(cert).await;
@@ -335,12 +335,13 @@ fn next_wake(rec: &CertRecord, renew_at: OffsetDateTime, now: OffsetDateTime) ->
 
 /// Reads the disk for one pass, off the async workers (see [`super::look_at_files`]).
 async fn read_disk(
+    runner: &Runner,
     cert: &CertConfig,
     verified: Option<String>,
     now: OffsetDateTime,
 ) -> Option<DiskLook> {
-    let c = cert.clone();
-    tokio::task::spawn_blocking(move || super::look_at_files(&c, verified.as_deref(), now))
+    let (c, cache) = (cert.clone(), runner.disk_cache.clone());
+    tokio::task::spawn_blocking(move || cache.look(&c, verified.as_deref(), now))
         .await
         .map_err(|e| error!("reading the files failed: {e}"))
         .ok()

@@ -28,6 +28,8 @@ pub struct Runner {
     pub clock: SharedClock,
     /// The state directory as owner markers name it, resolved once per runner.
     pub(super) owner_id: std::path::PathBuf,
+    /// What the files held when last read, so the daemon does not re-read unchanged ones.
+    pub(super) disk_cache: Arc<super::disk::DiskCache>,
     acme: tokio::sync::Mutex<AcmeCache>,
     /// The connection for optional lookups (ARI of certificates that are not due): tried
     /// once, without retries, and its failure shared by every certificate of the pass, so
@@ -92,6 +94,7 @@ impl Runner {
         let owner_id = crate::owner::canonical_state_dir(state.root());
         Self {
             owner_id,
+            disk_cache: Arc::default(),
             cfg,
             state,
             responders,
@@ -107,6 +110,8 @@ impl Runner {
     pub fn reconfigured(&self, cfg: Arc<Config>) -> Self {
         Self {
             owner_id: self.owner_id.clone(),
+            // A reloaded config may change domains: looks are redone.
+            disk_cache: Arc::default(),
             cfg,
             state: self.state.clone(),
             responders: self.responders.clone(),
