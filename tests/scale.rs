@@ -173,6 +173,10 @@ fn concurrent_pass_renews_every_certificate_once() {
     assert_eq!(out.code, 0, "{out}");
     let serials = assert_all_correct(&env, &fleet, &out);
     let orders = assert_one_order_each(&env, &serials);
+    eprintln!(
+        "FIGURE max_concurrent_orders = 4: at most {} orders open at once",
+        orders.max_open
+    );
     assert!(
         orders.max_open <= 4,
         "{} orders were open at once with max_concurrent_orders = 4: {orders:?}",
@@ -192,7 +196,11 @@ fn unlimited_concurrency_renews_everything() {
     let out = env.run(&fleet.cfg, &["renew"]);
     assert_eq!(out.code, 0, "{out}");
     let serials = assert_all_correct(&env, &fleet, &out);
-    assert_one_order_each(&env, &serials);
+    let orders = assert_one_order_each(&env, &serials);
+    eprintln!(
+        "FIGURE max_concurrent_orders = 0: at most {} orders open at once",
+        orders.max_open
+    );
     assert_second_run_issues_nothing(&env, &fleet, &serials);
 }
 
