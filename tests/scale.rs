@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// One certificate of a test fleet.
+/// A fleet of certificates in one config.
 struct Fleet {
     /// (name, domains), in config order.
     certs: Vec<(String, Vec<String>)>,
