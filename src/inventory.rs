@@ -298,17 +298,51 @@ pub fn verify_set(
 pub fn inspect(files: &FileSet, domains: &[String], now: OffsetDateTime) -> OnDisk {
     // Bounded, regular files only (symlinks followed: certbot live/, Kubernetes ..data), so
     // a FIFO or device at a path is reported instead of hanging the run.
-    inspect_read(files, domains, now, &|p| {
+    inspect_read(files, domains, now, false, &|p| {
         crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true)
     })
 }
 
+/// The leaf's facts only, for a set already verified in full whose bytes have not changed
+/// since: the key and the rest of the chain are not parsed again.
+fn inspect_leaf(cert: &Path, chain_pem: &[u8], now: OffsetDateTime) -> OnDisk {
+    let invalid = |reason: String| OnDisk::Invalid {
+        reason: format!("{}: {reason}", cert.display()),
+        info: None,
+    };
+    let Some(first) = CertificateDer::pem_slice_iter(chain_pem).next() else {
+        return invalid("certificate contains no PEM certificate".into());
+    };
+    let leaf = match first {
+        Ok(l) => l,
+        Err(e) => return invalid(format!("certificate {}", PemError::NotPem(e))),
+    };
+    let mut info = match cert_info(std::slice::from_ref(&leaf)) {
+        Ok(i) => i,
+        Err(e) => return invalid(e.to_string()),
+    };
+    info.chain_len = chain_pem
+        .windows(27)
+        .filter(|w| w == b"-----BEGIN CERTIFICATE-----")
+        .count();
+    match not_yet_valid(&info, now) {
+        Some(m) => OnDisk::Invalid {
+            reason: format!("{}: {m}", cert.display()),
+            info: Some(Box::new(info)),
+        },
+        None => OnDisk::Present(info),
+    }
+}
+
 /// [`inspect`] over contents the caller already read (the pass reads each file once, for
 /// its fingerprint and for this).
+/// `verified` says the caller knows these exact bytes passed the full check before (see
+/// `CertRecord::verified_set`): then only the leaf is parsed.
 pub fn inspect_read(
     files: &FileSet,
     domains: &[String],
     now: OffsetDateTime,
+    verified: bool,
     read_file: &dyn Fn(&Path) -> Result<Vec<u8>, crate::fsx::ReadError>,
 ) -> OnDisk {
     let read = |p: &Path| match read_file(p) {
@@ -323,6 +357,9 @@ pub fn inspect_read(
         Ok(d) => d,
         Err(s) => return s,
     };
+    if verified {
+        return inspect_leaf(&files.cert, &chain_pem, now);
+    }
     let key_pem = match read(&files.key) {
         Ok(d) => d,
         Err(s) => return s,

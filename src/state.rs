@@ -70,6 +70,11 @@ pub struct CertRecord {
     /// this time. Not a failure: the retry ladder is untouched.
     #[serde(with = "time::serde::rfc3339::option")]
     pub deferred_until: Option<OffsetDateTime>,
+    /// The fingerprint (hex) of the file set the last full check accepted: files still
+    /// byte-for-byte that set need only their leaf parsed, not the key and the chain,
+    /// which is most of the cost of a pass over 10,000 certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_set: Option<String>,
 }
 
 impl CertRecord {

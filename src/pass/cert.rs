@@ -8,9 +8,9 @@ use tracing::{error, info, warn};
 
 use super::record::{note_damage, note_error, roll_forward};
 use super::reload::run_hooks;
-use super::{CertResult, Fingerprint, HOOK_RETRY, Outcome, PassError, Runner};
+use super::{CertResult, DiskLook, Fingerprint, HOOK_RETRY, Outcome, PassError, Runner};
 use crate::config::CertConfig;
-use crate::inventory::{self, CertInfo, OnDisk};
+use crate::inventory::{CertInfo, OnDisk};
 use crate::policy::{self, AriWindow, Decision};
 use crate::state::CertRecord;
 use crate::timefmt::rfc3339;
@@ -126,10 +126,19 @@ impl Runner {
         rolled: bool,
         now: OffsetDateTime,
     ) -> Look {
-        let (disk, fingerprint, loose_modes) = read_disk(cert, now).await;
-        if loose_modes {
-            self.repair_modes(cert).await;
-        }
+        let (disk, fingerprint) = match read_disk(cert, rec.verified_set.clone(), now).await {
+            Some(d) => {
+                if d.loose_modes {
+                    self.repair_modes(cert).await;
+                }
+                rec.verified_set = d.verified;
+                (d.disk, Some(d.fingerprint))
+            }
+            None => {
+                let reason = "reading the files failed".to_string();
+                (OnDisk::Invalid { reason, info: None }, None)
+            }
+        };
         if let OnDisk::Invalid { reason, .. } = &disk {
             warn!("installed files are not usable: {reason}");
         }
@@ -324,37 +333,15 @@ fn next_wake(rec: &CertRecord, renew_at: OffsetDateTime, now: OffsetDateTime) ->
     t
 }
 
-/// Reads the disk for one pass, off the async workers: the fingerprint first, then the
-/// inspection, so a change between the two reads can only cause an extra re-check; and
-/// whether a secret file is readable by others (to be repaired).
-async fn read_disk(cert: &CertConfig, now: OffsetDateTime) -> (OnDisk, Option<Fingerprint>, bool) {
+/// Reads the disk for one pass, off the async workers (see [`super::look_at_files`]).
+async fn read_disk(
+    cert: &CertConfig,
+    verified: Option<String>,
+    now: OffsetDateTime,
+) -> Option<DiskLook> {
     let c = cert.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let reads = super::fingerprint::read_files(&c);
-        let fp = super::fingerprint::fingerprint_read(&reads);
-        let files = c.files();
-        let loose = !inventory::mode_warnings(&files, c.key_mode).is_empty();
-        // Each file is read once: what was fingerprinted is what is inspected (an error is
-        // read again, so its message is fresh and owned).
-        let read = |p: &std::path::Path| match reads.iter().find(|(q, _)| q == p) {
-            Some((_, Ok(data))) => Ok(data.clone()),
-            _ => crate::fsx::read_regular(p, crate::fsx::PEM_LIMIT, true),
-        };
-        (
-            inventory::inspect_read(&files, &c.domains, now, &read),
-            Some(fp),
-            loose,
-        )
-    });
-    match read.await {
-        Ok(r) => r,
-        Err(e) => (
-            OnDisk::Invalid {
-                reason: format!("reading the files failed: {e}"),
-                info: None,
-            },
-            None,
-            false,
-        ),
-    }
+    tokio::task::spawn_blocking(move || super::look_at_files(&c, verified.as_deref(), now))
+        .await
+        .map_err(|e| error!("reading the files failed: {e}"))
+        .ok()
 }

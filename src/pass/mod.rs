@@ -13,6 +13,7 @@
 mod ari;
 mod budget;
 mod cert;
+mod disk;
 mod failure;
 mod fingerprint;
 mod order;
@@ -32,6 +33,7 @@ use crate::state::{StateDir, StateError};
 use crate::timefmt::rfc3339;
 
 pub use ari::{ARI_MAX_POLL, ARI_MIN_POLL, ari_min_poll};
+pub use disk::{DiskLook, look_at_files};
 pub use failure::PassError;
 pub use fingerprint::{Fingerprint, fingerprint_files, fingerprint_of};
 pub use record::{DAMAGE_WINDOW, MAX_DAMAGED_IN_A_ROW, record_panic, roll_forward};

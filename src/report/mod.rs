@@ -90,7 +90,7 @@ pub fn facts(
         Ok(r) => (r, None),
         Err(e) => (CertRecord::default(), Some(e.to_string())),
     };
-    let disk = inventory::inspect(&cert.files(), &cert.domains, now);
+    let disk = crate::pass::look_at_files(cert, record.verified_set.as_deref(), now).disk;
     let ari = record.ari_for(disk.info().map(|i| i.serial.as_str()));
     let decision = policy::decide_cert(
         &cert.name,
@@ -123,10 +123,27 @@ pub fn gather<'a>(
 ) -> Vec<Facts> {
     let state = StateDir::open_readonly(&cfg.state_dir);
     let limit = cfg.acme.max_new_orders;
-    certs
-        .into_iter()
-        .map(|c| facts(c, &state, limit, now))
-        .collect()
+    let certs: Vec<&CertConfig> = certs.into_iter().collect();
+    // Parsing keys and certificates is CPU work: spread it over the cores, in order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = certs.len().div_ceil(threads).max(64);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = certs
+            .chunks(chunk)
+            .map(|part| {
+                let state = &state;
+                s.spawn(move || {
+                    part.iter()
+                        .map(|c| facts(c, state, limit, now))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("a status worker panicked"))
+            .collect()
+    })
 }
 
 /// The status rows of every certificate.
