@@ -35,7 +35,7 @@ impl Attempts {
     /// optional (ARI for a certificate that is not due), where waiting on a CA that is
     /// down would only delay certificates that need nothing from it.
     pub(super) fn without_transient_retries() -> Self {
-        Attempts {
+        Self {
             nonce: 0,
             transient: TRANSIENT_RETRIES,
         }

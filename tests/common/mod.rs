@@ -516,6 +516,14 @@ impl Pebble {
         );
     }
 
+    /// Everything Pebble has logged so far (stdout, then stderr). Pebble 2.4 logs one
+    /// line per new order (`Added order "<id>" to the db`), per finalization it accepts
+    /// (`Order <id> is fully authorized. Processing finalization`) and per issued
+    /// certificate (`Issued certificate serial <hex> for order <id>`), but not every request.
+    pub fn log(&self) -> String {
+        format!("{}{}", self.pebble.stdout(), self.pebble.stderr())
+    }
+
     /// Print Pebble's and challtestsrv's logs.
     pub fn dump(&self) {
         self.pebble.dump();
