@@ -68,7 +68,10 @@ fn parse_args() -> Result<Args, String> {
         certbot_http01_port: "80".into(),
     };
     while let Some(arg) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{arg} needs a value\n{}", usage()));
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| format!("{arg} needs a value\n{}", usage()))
+        };
         match arg.as_str() {
             "--days" => a.days = val()?.parse().map_err(|e| format!("--days: {e}"))?,
             "--directory" => a.directory = val()?,
@@ -141,7 +144,14 @@ fn write_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
 }
 
 /// certbot's lineage for certificate `i`: renewal conf, archive files, live symlinks.
-fn write_lineage(a: &Args, dir: &Path, i: usize, leaf: &str, ca: &str, key: &str) -> Result<(), String> {
+fn write_lineage(
+    a: &Args,
+    dir: &Path,
+    i: usize,
+    leaf: &str,
+    ca: &str,
+    key: &str,
+) -> Result<(), String> {
     let name = format!("n{i}");
     let archive = dir.join("archive").join(&name);
     let live = dir.join("live").join(&name);
@@ -173,7 +183,11 @@ fn write_lineage(a: &Args, dir: &Path, i: usize, leaf: &str, ca: &str, key: &str
         srv = a.directory,
         port = a.certbot_http01_port,
     );
-    write_mode(&dir.join("renewal").join(format!("{name}.conf")), conf.as_bytes(), 0o644)
+    write_mode(
+        &dir.join("renewal").join(format!("{name}.conf")),
+        conf.as_bytes(),
+        0o644,
+    )
 }
 
 /// Generates certificates `range` (1-based) and writes their files.
@@ -187,7 +201,11 @@ fn generate(
     let certs = a.out.join("certs");
     for i in range {
         let (leaf, key) = make_leaf(i, issuer, now, a.days)?;
-        write_mode(&certs.join(format!("n{i}.pem")), format!("{leaf}{ca_pem}").as_bytes(), 0o644)?;
+        write_mode(
+            &certs.join(format!("n{i}.pem")),
+            format!("{leaf}{ca_pem}").as_bytes(),
+            0o644,
+        )?;
         write_mode(&certs.join(format!("n{i}.key")), key.as_bytes(), 0o600)?;
         if let Some(dir) = &a.certbot {
             write_lineage(a, dir, i, &leaf, ca_pem, &key)?;
@@ -243,12 +261,12 @@ fn run(a: &Args) -> Result<(), String> {
                 sc.spawn(move || generate(a, lo..hi.max(lo), issuer, ca_pem, now))
             })
             .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().map_err(|_| "a generator thread panicked".to_string())?)
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| "a generator thread panicked".to_string())?
+        })
     })?;
-    fs::write(a.out.join("certkeeper.toml"), config(a))
-        .map_err(|e| format!("certkeeper.toml: {e}"))
+    fs::write(a.out.join("certkeeper.toml"), config(a)).map_err(|e| format!("certkeeper.toml: {e}"))
 }
 
 fn main() -> ExitCode {

@@ -116,6 +116,13 @@ measure() {
 serials() { local f; for f in "$@"; do openssl x509 -in "$f" -noout -serial 2>/dev/null || echo none; done; }
 # changed A B: how many lines differ.
 changed() { paste -d ' ' "$1" "$2" | awk '$1 != $2' | wc -l; }
+# get KEY COLUMN: a field of the row KEY of raw.tsv ("-" when absent).
+get() { awk -F'\t' -v k="$1" -v c="$2" 'NR > 1 && $1 == k { v = $c } END { print (v == "" ? "-" : v) }' "$raw"; }
+# add_note TEXT: append TEXT to the note of the last row of raw.tsv.
+add_note() {
+    awk -F'\t' -v OFS='\t' -v t="$1" -v last="$(wc -l <"$raw")" \
+        'NR == last { $7 = ($7 == "" ? t : $7 "; " t) } { print }' "$raw" >"$raw.new" && mv "$raw.new" "$raw"
+}
 # ck_gen DIR COUNT DIRECTORY [gen args...]: a certkeeper inventory.
 ck_gen() {
     local d=$1 c=$2 url=$3
@@ -136,16 +143,16 @@ if has certkeeper; then
     serials "$d"/certs/n*.pem >"$tmp/s0"
     measure "renew.certkeeper" "$N" "" "$bin" --config "$d/certkeeper.toml" renew --force
     serials "$d"/certs/n*.pem >"$tmp/s1"
-    sed -i "\$s/\$/\treplaced $(changed "$tmp/s0" "$tmp/s1")\/$N/" "$raw"
+    add_note "replaced $(changed "$tmp/s0" "$tmp/s1")/$N"
     ck_cfg "$d/certkeeper.toml" "$directory" "$d/ceiling.toml" "max_concurrent_orders = 0"
     if "$bin" --config "$d/ceiling.toml" check >/dev/null 2>&1; then
         measure "renew.ceiling" "$N" "max_concurrent_orders = 0" "$bin" --config "$d/ceiling.toml" renew --force
     else
-        printf 'renew.ceiling\t%s\t-\t-\t-\t-\tthis binary does not accept max_concurrent_orders\n' "$N" >>"$raw"
+        printf 'renew.ceiling\t%s\t-\t-\t-\t-\tnot measured: this binary does not accept max_concurrent_orders\n' "$N" >>"$raw"
     fi
     serials "$d"/certs/n*.pem >"$tmp/s2"
-    sed -i "\$s/\$/; replaced $(changed "$tmp/s1" "$tmp/s2")\/$N/" "$raw"
-    measure "noop.$N.certkeeper.steady" "$N" "" "$bin" --config "$d/certkeeper.toml" renew
+    [ "$(get renew.ceiling 3)" = - ] || add_note "replaced $(changed "$tmp/s1" "$tmp/s2")/$N"
+    measure "noop.$N.certkeeper.renewed" "$N" "Pebble, right after the renewals" "$bin" --config "$d/certkeeper.toml" renew
 fi
 
 lego_common=(env "LEGO_CA_CERTIFICATES=$ca" lego --server "$directory" --accept-tos
@@ -175,7 +182,7 @@ if has lego; then
     serials "$tmp"/lego/certificates/n*.example.crt >"$tmp/l0"
     measure "renew.lego" "$N" "" "$tmp/lego-renew.sh"
     serials "$tmp"/lego/certificates/n*.example.crt >"$tmp/l1"
-    sed -i "\$s/\$/\treplaced $(changed "$tmp/l0" "$tmp/l1")\/$N/" "$raw"
+    add_note "replaced $(changed "$tmp/l0" "$tmp/l1")/$N"
     measure "noop.$N.lego" "$N" "" "$tmp/lego-noop.sh"
 fi
 
@@ -195,7 +202,7 @@ if has certbot; then
     # shellcheck disable=SC2046
     measure "renew.certbot" "$N" "" $(cb_common "$cb") renew --force-renewal --no-random-sleep-on-renew
     serials "$cb"/etc/live/n*/cert.pem >"$tmp/c1"
-    sed -i "\$s/\$/\treplaced $(changed "$tmp/c0" "$tmp/c1")\/$N/" "$raw"
+    add_note "replaced $(changed "$tmp/c0" "$tmp/c1")/$N"
     # shellcheck disable=SC2046
     measure "noop.$N.certbot" "$N" "" $(cb_common "$cb") renew --no-random-sleep-on-renew
     for s in $CB_SIZES; do
@@ -227,10 +234,12 @@ fi
 cp "$tmp/pebble.log" "$out/logs/pebble.log"
 
 # --- the report ----------------------------------------------------------------------
-get() { awk -F'\t' -v k="$1" -v c="$2" 'NR > 1 && $1 == k { v = $c } END { print (v == "" ? "-" : v) }' "$raw"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.1f", a / b; else print "-" }'; }
 mib() { awk -v k="$1" 'BEGIN { if (k + 0 > 0) printf "%.1f", k / 1024; else print "-" }'; }
-row() { printf '| %s | %s | %s | %s | %s |\n' "$2" "$(get "$1" 2)" "$(get "$1" 3)" "$(mib "$(get "$1" 4)")" "$(get "$1" 7) $( [ "$(get "$1" 5)" = 0 ] || echo "(exit $(get "$1" 5))")"; }
+row() {
+    [ "$(get "$1" 1)" != - ] || return 0
+    printf '| %s | %s | %s | %s | %s |\n' "$2" "$(get "$1" 2)" "$(get "$1" 3)" "$(mib "$(get "$1" 4)")" "$(get "$1" 7 | sed 's/^-$//')$( [ "$(get "$1" 5)" = 0 ] || [ "$(get "$1" 5)" = - ] || echo " (exit $(get "$1" 5))")"
+}
 total=$(awk -v a="$bench_start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
 ck=$(get renew.certkeeper 3); lg=$(get renew.lego 3); cbt=$(get renew.certbot 3); ceil=$(get renew.ceiling 3)
 big=$(for s in $SIZES; do echo "$s"; done | sort -n | tail -n1)
@@ -275,7 +284,7 @@ cb50=$(get "noop.$N.certbot" 3)
     echo "| what | certs | wall s | peak RSS MiB | note |"
     echo "|---|---:|---:|---:|---|"
     for s in $N $SIZES; do
-        for v in down down2 first steady; do row "noop.$s.certkeeper.$v" "certkeeper renew, $v"; done
+        for v in renewed down down2 first steady; do row "noop.$s.certkeeper.$v" "certkeeper renew, $v"; done
         row "noop.$s.lego" "lego renew --days 30, per certificate"
         row "noop.$s.certbot" "certbot renew"
     done
