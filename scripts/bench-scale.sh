@@ -205,6 +205,7 @@ if has certbot; then
     add_note "replaced $(changed "$tmp/c0" "$tmp/c1")/$N"
     # shellcheck disable=SC2046
     measure "noop.$N.certbot" "$N" "" $(cb_common "$cb") renew --no-random-sleep-on-renew
+    add_note "$(grep -c '(skipped)' "$tmp/runs/noop.$N.certbot.log" || true) skipped as not due"
     for s in $CB_SIZES; do
         cbs="$tmp/cb-noop-$s"
         "$gen" "$cbs/gen" "$s" --directory "$directory" --certbot "$cbs/etc" --certbot-account "$acct" \
@@ -212,6 +213,7 @@ if has certbot; then
         mkdir -p "$cbs/etc/accounts" && cp -a "$cb/etc/accounts/." "$cbs/etc/accounts/"
         # shellcheck disable=SC2046
         measure "noop.$s.certbot" "$s" "generated lineages" $(cb_common "$cbs") renew --no-random-sleep-on-renew
+        add_note "$(grep -c '(skipped)' "$tmp/runs/noop.$s.certbot.log" || true) skipped as not due"
     done
 fi
 
