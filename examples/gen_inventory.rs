@@ -133,12 +133,22 @@ fn make_leaf(
 
 /// Writes `data` to `path` with `mode`, created fresh.
 fn write_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    let _ = fs::remove_file(path);
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
+    let open = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+    };
+    // Only an existing file costs an unlink (a fresh OUT_DIR is the common case).
+    open()
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                fs::remove_file(path).and_then(|()| open())
+            } else {
+                Err(e)
+            }
+        })
         .and_then(|mut f| f.write_all(data))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
