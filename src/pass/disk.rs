@@ -73,9 +73,10 @@ pub(super) fn stamps(cert: &CertConfig) -> Vec<Option<Stamp>> {
 /// changed is not read or parsed again. Only intact sets are kept, since they stay intact
 /// as time passes (expiry is the policy's call), while "not valid yet" does not.
 #[derive(Default)]
-pub(super) struct DiskCache(
-    std::sync::Mutex<std::collections::HashMap<String, (Vec<Option<Stamp>>, DiskLook)>>,
-);
+pub(super) struct DiskCache(std::sync::Mutex<std::collections::HashMap<String, Cached>>);
+
+/// One certificate's cached look and the stamps it was taken at.
+type Cached = (Vec<Option<Stamp>>, DiskLook);
 
 impl DiskCache {
     /// The cached look for `cert` if its files are unchanged, else a fresh one (cached
