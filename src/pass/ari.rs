@@ -43,6 +43,9 @@ impl Runner {
         if fresh && rec.ari_serial.as_deref() == Some(info.serial.as_str()) {
             return cached;
         }
+        if self.ca_known_unreachable() {
+            return cached;
+        }
         let ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
         if ca.ari_supported == Some(false)
             && ca

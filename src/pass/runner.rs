@@ -199,6 +199,15 @@ impl Runner {
     /// The account for an optional lookup, or None when the CA cannot be reached now. The
     /// first failure is logged once (not once per certificate); later callers within
     /// [`CONNECT_FAILURE_TTL`] get None at once.
+    /// The quick connection failed a moment ago: skip optional lookups without even
+    /// reading the CA's record (a no-op pass over 10,000 certificates with the CA down).
+    pub(super) fn ca_known_unreachable(&self) -> bool {
+        self.quick.try_lock().is_ok_and(|c| {
+            matches!(&*c, AcmeCache::Failed(_, at)
+                if at.elapsed() < crate::fault::scaled(CONNECT_FAILURE_TTL))
+        })
+    }
+
     pub(super) async fn acme_quick(&self) -> Option<Arc<Acme>> {
         if let AcmeCache::Ready(a) = &*self.acme.lock().await {
             return Some(a.clone());
