@@ -347,8 +347,18 @@ fn pid_alive(pid: i32) -> bool {
 /// callers hold the state lock. Only regular files and symlinks are removed, never what a
 /// symlink points to.
 pub fn remove_stale_temps(dir: &Path, file_name: &str) -> std::io::Result<Vec<PathBuf>> {
-    let prefix = format!(".{file_name}{TEMP_MARKER}");
     let legacy_prev = format!("{file_name}.prev.certkeeper-tmp");
+    remove_stale_temps_where(dir, &|f| f == file_name, Some(&legacy_prev))
+}
+
+/// [`remove_stale_temps`] for the temps of every file whose name `target` accepts, in one
+/// listing of `dir`: a directory holding 10,000 certificates is read once, not once per
+/// file written into it.
+pub fn remove_stale_temps_where(
+    dir: &Path,
+    target: &dyn Fn(&str) -> bool,
+    legacy_prev: Option<&str>,
+) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -359,9 +369,13 @@ pub fn remove_stale_temps(dir: &Path, file_name: &str) -> std::io::Result<Vec<Pa
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale = if name == legacy_prev {
+        let ours = name
+            .strip_prefix('.')
+            .and_then(|n| n.split_once(TEMP_MARKER))
+            .filter(|(file, _)| target(file));
+        let stale = if Some(name) == legacy_prev {
             true
-        } else if let Some(rest) = name.strip_prefix(&prefix) {
+        } else if let Some((_, rest)) = ours {
             let pid = rest.split('.').next().unwrap_or("");
             match pid.parse::<i32>() {
                 Ok(pid) => !pid_alive(pid),

@@ -256,6 +256,22 @@ pub fn claim_as(me: &Path, cert: &CertConfig) -> Result<(), OwnerError> {
     Ok(())
 }
 
+/// Removes stale marker temps in `dir`, the first time this process writes a marker there.
+fn sweep_marker_temps(dir: &Path) {
+    static SWEPT: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+        std::sync::Mutex::new(None);
+    let first = SWEPT
+        .lock()
+        .map(|mut s| {
+            s.get_or_insert_with(Default::default)
+                .insert(dir.to_path_buf())
+        })
+        .unwrap_or(true);
+    if first {
+        let _ = fsx::remove_stale_temps_where(dir, &|f| f.ends_with(MARKER_SUFFIX), None);
+    }
+}
+
 /// Writes a marker via a temp file; `exclusive` links it into place (false if one appeared
 /// meanwhile), otherwise renames over ours.
 fn write_marker(marker: &Path, m: &Marker, exclusive: bool) -> Result<bool, OwnerError> {
@@ -263,10 +279,10 @@ fn write_marker(marker: &Path, m: &Marker, exclusive: bool) -> Result<bool, Owne
         path: marker.to_path_buf(),
         source,
     };
-    // Temp files an interrupted claim left (the same naming as every other atomic write).
-    if let Some(name) = marker.file_name() {
-        let _ = fsx::remove_stale_temps(fsx::parent(marker), &name.to_string_lossy());
-    }
+    // Temp files an interrupted claim left (the same naming as every other atomic write):
+    // swept once per directory and process, for all markers there, since listing a
+    // directory of 10,000 certificates for each marker made a first pass quadratic.
+    sweep_marker_temps(fsx::parent(marker));
     let mut data = serde_json::to_vec_pretty(m).expect("marker serializes");
     data.push(b'\n');
     // Mode 0644 whatever the umask: the marker holds no secret and others may read it.
