@@ -32,8 +32,18 @@ pub fn reopens_at(times: &[OffsetDateTime], max: u32, window: Duration) -> Optio
     if times.len() < max {
         return None;
     }
-    // The entry whose expiry brings the count below `max`.
-    Some(times[times.len() - max] + window)
+    // The entry whose expiry brings the count below `max`, rounded up to the second: the
+    // time is shown in whole seconds (status, logs), and one who waits until the time
+    // shown must find the window open.
+    Some(ceil_second(times[times.len() - max] + window))
+}
+
+/// `t` rounded up to a whole second.
+fn ceil_second(t: OffsetDateTime) -> OffsetDateTime {
+    if t.nanosecond() == 0 {
+        return t;
+    }
+    t.replace_nanosecond(0).expect("0 is a valid nanosecond") + Duration::seconds(1)
 }
 
 /// Takes one unit of the order budget at `now`: records it and returns `Ok`, or returns

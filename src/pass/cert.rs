@@ -234,8 +234,7 @@ impl Runner {
         rec: &mut CertRecord,
         now: OffsetDateTime,
     ) -> CertResult {
-        // Debug, not info: at 10,000 certificates the outcome lines already say it.
-        tracing::debug!(
+        info!(
             renew_at = %rfc3339(decision.renew_at),
             "not due: {}",
             decision.reason
