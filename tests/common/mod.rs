@@ -862,8 +862,14 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
 
 /// A `[defaults]` table using the built-in HTTP-01 responder on
 /// `127.0.0.1:<port>`, plus `extra` lines.
+///
+/// `max_orders_per_cert` is raised: many tests renew one certificate again and again on
+/// purpose (crash points, layouts, modes), which the circuit breaker would refuse after
+/// three. The breaker itself is tested in `tests/budget.rs`, which sets its own limit.
 pub fn http01_defaults(port: u16, extra: &str) -> String {
-    format!("[defaults]\nchallenge = \"http-01\"\nhttp01_listen = \"127.0.0.1:{port}\"\n{extra}\n")
+    format!(
+        "[defaults]\nchallenge = \"http-01\"\nhttp01_listen = \"127.0.0.1:{port}\"\nmax_orders_per_cert = 1000\n{extra}\n"
+    )
 }
 
 /// A TOML basic string for `s` (JSON string escaping is valid TOML).
