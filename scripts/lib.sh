@@ -48,9 +48,17 @@ apt_install() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
-# ensure_acme_test_deps: Pebble 2.4.0 (pebble + pebble-challtestsrv), openssl, curl.
+# ensure_acme_test_deps: Pebble 2.4.0 (pebble + pebble-challtestsrv), openssl, curl,
+# and the real servers the endpoint checks run against: nginx, haproxy, an SMTP
+# server with STARTTLS (Debian's python3-aiosmtpd, run by /usr/bin/python3), and
+# promtool (Debian's prometheus package, which does not start a server here).
 ensure_acme_test_deps() {
-    ensure_debian_packages "pebble pebble-challtestsrv openssl curl" pebble openssl curl ca-certificates
+    ensure_debian_packages "pebble pebble-challtestsrv openssl curl nginx haproxy promtool" \
+        pebble openssl curl ca-certificates nginx-light haproxy prometheus || return 1
+    if ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+        log "missing: aiosmtpd; installing Debian packages: python3-aiosmtpd"
+        apt_install python3 python3-aiosmtpd || return 1
+    fi
 }
 
 # ensure_cargo [components...]: cargo must exist; rustup adds missing components.
