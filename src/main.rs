@@ -176,10 +176,15 @@ fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCo
         Err(code) => return Ok(code),
     };
     let rows = report::status(&cfg, clock.now());
+    let watched = report::watched(&cfg, clock.now());
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let all = report::json_rows(&rows, &watched);
+        println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         print!("{}", report::status_table(&rows));
+        if !watched.is_empty() {
+            print!("\n{}", report::watch_table(&watched));
+        }
         for r in &rows {
             for w in &r.warnings {
                 println!("warning: {}: {w}", r.name);
@@ -237,7 +242,9 @@ fn renew(
     let result = runtime()?.block_on(pass::renew(cfg.clone(), opts, clock.clone()));
     if let Some(mf) = &metrics_file {
         let rows = report::status(&cfg, clock.now());
-        if let Err(e) = report::metrics::write_textfile(mf, &rows) {
+        if let Err(e) =
+            report::metrics::write_textfile(mf, &rows, &report::watched(&cfg, clock.now()))
+        {
             eprintln!(
                 "certkeeper: cannot write metrics file {}: {e}",
                 mf.display()

@@ -18,6 +18,7 @@ mod parse;
 mod raw;
 mod span;
 mod validate;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -288,7 +289,27 @@ pub struct Config {
     /// As root, refuse config, hooks and managed directories others could write (sshd's
     /// StrictModes); enforced by `check::strict_mode_violations` at load and reload.
     pub strict_modes: bool,
+    /// Certificates certkeeper watches but never orders or writes (`[[watch]]`).
+    pub watches: Vec<WatchConfig>,
 }
+
+/// A certificate from a private PKI or a vendor that no ACME agent renews: certkeeper
+/// only shows it and warns before it expires, so it cannot expire unseen.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Unique among watches and certificates; used in status, metrics and notifications.
+    pub name: String,
+    /// Files or glob patterns (absolute), expanded at every look, so new files are seen.
+    pub paths: Vec<String>,
+    /// How long before its not-after a watched certificate counts as expiring.
+    pub warn_before: RenewBefore,
+    /// Where the `[[watch]]` section starts.
+    pub loc: Loc,
+}
+
+/// Default `warn_before` of a watched certificate: a sixth of its lifetime (a week of a
+/// 45-day certificate, two months of a one-year one).
+pub const DEFAULT_WATCH_WARN_BEFORE: RenewBefore = RenewBefore::Fraction(1.0 / 6.0);
 
 /// Default location of `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";

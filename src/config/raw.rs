@@ -108,4 +108,16 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "cert")]
     pub(super) certs: Vec<Spanned<RawCert>>,
     pub(super) strict_modes: Option<Spanned<bool>>,
+    #[serde(default, rename = "watch")]
+    pub(super) watches: Vec<Spanned<RawWatch>>,
+}
+
+/// One `[[watch]]` section: a certificate certkeeper does not issue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWatch {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) paths: Vec<Spanned<String>>,
+    pub(super) warn_before: Option<Spanned<Parsed<RenewBefore>>>,
 }

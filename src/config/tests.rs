@@ -534,3 +534,40 @@ fn order_limits_default_parse_and_errors_name_the_line() {
     let e = first_err(&format!("{BASE}max_orders_per_cert = -1\n"));
     assert_eq!(e.line, 15, "{e}");
 }
+
+#[test]
+fn watch_sections_parse_and_bad_ones_name_their_line() {
+    let c = parse(&format!(
+        "{BASE}\n[[watch]]\nname = \"pki\"\npaths = [\"/etc/pki/*.pem\", \"vendor.crt\"]\nwarn_before = \"14d\"\n\n[[watch]]\nname = \"bought\"\npaths = [\"/etc/tls/bought.pem\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.watches.len(), 2);
+    assert_eq!(
+        c.watches[0].paths,
+        ["/etc/pki/*.pem", "/etc/certkeeper/vendor.crt"]
+    );
+    assert_eq!(
+        c.watches[0].warn_before,
+        RenewBefore::Remaining(Duration::from_secs(14 * 86400))
+    );
+    assert_eq!(c.watches[1].warn_before, DEFAULT_WATCH_WARN_BEFORE);
+    let cases = [
+        ("name = \"www\"\npaths = [\"/a.pem\"]", "watch.name", "already the name of a [[cert]]"),
+        ("name = \"a b\"\npaths = [\"/a.pem\"]", "watch.name", "must be non-empty"),
+        ("name = \"p\"", "watch[p].paths", "at least one entry"),
+        ("name = \"p\"\npaths = [\"/a/[b.pem\"]", "watch[p].paths", "not a valid glob"),
+        ("name = \"p\"\npaths = [\"/a.pem\"]\nwarn_before = \"soon\"", "", "soon"),
+        ("name = \"p\"\npaths = [\"/a.pem\"]\nrenew_before = \"1d\"", "", "unknown field"),
+    ];
+    for (body, key, msg) in cases {
+        let src = format!("{BASE}\n[[watch]]\n{body}\n");
+        let e = first_err(&src);
+        assert!(e.line >= 16, "{body}: {e}");
+        assert!(e.key.starts_with(key), "{body}: {e}");
+        assert!(e.message.contains(msg), "{body}: {e}");
+    }
+    let e = first_err(&format!(
+        "{BASE}\n[[watch]]\nname = \"p\"\npaths = [\"/a\"]\n[[watch]]\nname = \"p\"\npaths = [\"/b\"]\n"
+    ));
+    assert_eq!((e.line, e.message.as_str()), (20, "duplicate watch name \"p\""));
+}

@@ -37,6 +37,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         defaults,
         certs,
         strict_modes,
+        watches,
     } = raw;
     let mut locs = BTreeMap::new();
     let state_dir = match &state_dir {
@@ -51,6 +52,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let certs = cert_sections(&certs, &defaults, ctx);
     ctx.errors
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
+    let watches = super::watch::watch_sections(&watches, &certs, ctx);
     let strict_modes = strict_modes.as_ref().is_some_and(|s| {
         locs.insert("strict_modes".into(), ctx.loc(&s.span()));
         *s.get_ref()
@@ -63,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         certs,
         metrics_listen,
         locs,
+        watches,
     }
 }
 

@@ -54,7 +54,11 @@ pub(super) async fn serve_metrics(
                 )>| async move {
                     let cfg = cfg.read().expect("config lock").clone();
                     let body = tokio::task::spawn_blocking(move || {
-                        report::metrics::render(&report::status(&cfg, clock.now()))
+                        let now = clock.now();
+                        report::metrics::render(
+                            &report::status(&cfg, now),
+                            &report::watched(&cfg, now),
+                        )
                     })
                     .await
                     .unwrap_or_default();

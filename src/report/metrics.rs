@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::StatusRow;
+use super::{StatusRow, WatchRow};
 use crate::policy::CertState;
 
 type Labels = Vec<(String, String)>;
@@ -23,13 +23,18 @@ fn labels(name: &str) -> Labels {
 }
 
 /// Renders the Prometheus text exposition for the given status rows.
-pub fn render(rows: &[StatusRow]) -> String {
+pub fn render(rows: &[StatusRow], watched: &[WatchRow]) -> String {
     let families = Families::default();
     for r in rows {
         families.add(r);
     }
+    let watch = WatchFamilies::default();
+    for w in watched {
+        watch.add(w);
+    }
     let mut reg = Registry::with_prefix("certkeeper");
     families.register(&mut reg);
+    watch.register(&mut reg);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
@@ -130,9 +135,58 @@ impl Families {
     }
 }
 
+/// The series of watched certificates (`[[watch]]`), labelled by watch and file, so an
+/// alert on a private-PKI certificate needs no other exporter.
+#[derive(Default)]
+struct WatchFamilies {
+    not_after: Family<Labels, Gauge>,
+    readable: Family<Labels, Gauge>,
+    expiring: Family<Labels, Gauge>,
+}
+
+impl WatchFamilies {
+    /// Adds one watched file's series.
+    fn add(&self, w: &WatchRow) {
+        let l = vec![
+            ("name".to_string(), w.name.clone()),
+            ("source".to_string(), w.source.clone()),
+        ];
+        if let Some(t) = w.not_after_unix {
+            self.not_after.get_or_create(&l).set(t);
+        }
+        self.readable
+            .get_or_create(&l)
+            .set(i64::from(w.error.is_none()));
+        self.expiring.get_or_create(&l).set(i64::from(w.expiring));
+    }
+
+    /// Registers the families with their help texts.
+    fn register(self, reg: &mut Registry) {
+        reg.register(
+            "watched_not_after_timestamp_seconds",
+            "Expiry of a watched certificate certkeeper does not issue (Unix time)",
+            self.not_after,
+        );
+        reg.register(
+            "watched_readable",
+            "1 if the watched file holds a certificate that parses",
+            self.readable,
+        );
+        reg.register(
+            "watched_expiring",
+            "1 if the watched certificate is within its warn_before of expiry (or expired)",
+            self.expiring,
+        );
+    }
+}
+
 /// Writes the metrics for node_exporter's textfile collector, atomically (0644).
-pub fn write_textfile(path: &Path, rows: &[StatusRow]) -> std::io::Result<()> {
-    crate::fsx::write_atomic(path, render(rows).as_bytes(), 0o644, None)
+pub fn write_textfile(
+    path: &Path,
+    rows: &[StatusRow],
+    watched: &[WatchRow],
+) -> std::io::Result<()> {
+    crate::fsx::write_atomic(path, render(rows, watched).as_bytes(), 0o644, None)
 }
 
 #[cfg(test)]
@@ -181,7 +235,10 @@ mod tests {
 
     #[test]
     fn renders_per_certificate_series() {
-        let text = render(&[row("www", CertState::Valid), row("api", CertState::Expired)]);
+        let text = render(
+            &[row("www", CertState::Valid), row("api", CertState::Expired)],
+            &[],
+        );
         for want in [
             "certkeeper_certificate_not_after_timestamp_seconds{name=\"www\"} 1900000000",
             "certkeeper_certificate_renew_at_timestamp_seconds{name=\"www\"} 1800000000",

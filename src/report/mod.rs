@@ -6,6 +6,7 @@ mod dry_run;
 pub mod metrics;
 mod status;
 mod table;
+mod watched;
 
 use time::OffsetDateTime;
 
@@ -18,6 +19,7 @@ use crate::state::{CertRecord, StateDir};
 pub use dry_run::dry_run_line;
 pub use status::{RowTimes, StatusRow, status_row};
 pub use table::status_table;
+pub use watched::{Row, WatchRow, json_rows, watch_row, watch_table, watched};
 
 /// Everything the views know about one certificate at one moment.
 #[derive(Debug, Clone)]
