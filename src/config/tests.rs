@@ -552,12 +552,32 @@ fn watch_sections_parse_and_bad_ones_name_their_line() {
     );
     assert_eq!(c.watches[1].warn_before, DEFAULT_WATCH_WARN_BEFORE);
     let cases = [
-        ("name = \"www\"\npaths = [\"/a.pem\"]", "watch.name", "already the name of a [[cert]]"),
-        ("name = \"a b\"\npaths = [\"/a.pem\"]", "watch.name", "must be non-empty"),
+        (
+            "name = \"www\"\npaths = [\"/a.pem\"]",
+            "watch.name",
+            "already the name of a [[cert]]",
+        ),
+        (
+            "name = \"a b\"\npaths = [\"/a.pem\"]",
+            "watch.name",
+            "must be non-empty",
+        ),
         ("name = \"p\"", "watch[p].paths", "at least one entry"),
-        ("name = \"p\"\npaths = [\"/a/[b.pem\"]", "watch[p].paths", "not a valid glob"),
-        ("name = \"p\"\npaths = [\"/a.pem\"]\nwarn_before = \"soon\"", "", "soon"),
-        ("name = \"p\"\npaths = [\"/a.pem\"]\nrenew_before = \"1d\"", "", "unknown field"),
+        (
+            "name = \"p\"\npaths = [\"/a/[b.pem\"]",
+            "watch[p].paths",
+            "not a valid glob",
+        ),
+        (
+            "name = \"p\"\npaths = [\"/a.pem\"]\nwarn_before = \"soon\"",
+            "",
+            "soon",
+        ),
+        (
+            "name = \"p\"\npaths = [\"/a.pem\"]\nrenew_before = \"1d\"",
+            "",
+            "unknown field",
+        ),
     ];
     for (body, key, msg) in cases {
         let src = format!("{BASE}\n[[watch]]\n{body}\n");
@@ -569,5 +589,8 @@ fn watch_sections_parse_and_bad_ones_name_their_line() {
     let e = first_err(&format!(
         "{BASE}\n[[watch]]\nname = \"p\"\npaths = [\"/a\"]\n[[watch]]\nname = \"p\"\npaths = [\"/b\"]\n"
     ));
-    assert_eq!((e.line, e.message.as_str()), (20, "duplicate watch name \"p\""));
+    assert_eq!(
+        (e.line, e.message.as_str()),
+        (20, "duplicate watch name \"p\"")
+    );
 }

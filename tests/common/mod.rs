@@ -1071,7 +1071,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 walk(&path, out);
-            } else {
+            } else if ft.is_file() {
                 out.insert(path.clone(), fs::read(&path).unwrap_or_default());
             }
         }
