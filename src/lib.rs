@@ -47,6 +47,7 @@ pub mod report;
 pub mod state;
 pub mod store;
 pub mod timefmt;
+pub mod verify;
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Called once at start-up: with
 /// more than one provider in a dependency graph rustls panics unless one is chosen.
