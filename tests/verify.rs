@@ -346,3 +346,157 @@ fn hanging_endpoint_is_bounded_and_imap_is_live() {
     assert!(took < Duration::from_secs(55), "bounded: {took:?}");
     eprintln!("FIGURE renew with a hanging endpoint (verify_timeout 2s): {took:?}");
 }
+
+/// A child process killed when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `port`.
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// haproxy (master-worker, daemon) serving certkeeper's `bundle_path`; the reload hook
+/// sends SIGUSR2 to the master, which re-reads the bundle: live.
+#[test]
+fn haproxy_bundle_is_live() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let (port, _lease) = reserve_ports(1, None);
+    let bundle = env.path("certs/www.bundle.pem");
+    let bundle_line = format!("bundle_path = {}", toml_str(&bundle));
+    issue_first(&env, "www", &bundle_line);
+    let dir = env.path("haproxy");
+    fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("haproxy.pid");
+    let conf = dir.join("haproxy.cfg");
+    fs::write(
+        &conf,
+        format!(
+            "global\n  maxconn 64\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend fe\n  bind 127.0.0.1:{port} ssl crt {}\n  http-request return status 200\n",
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    run_tool(
+        Command::new("haproxy")
+            .arg("-W")
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&pidfile),
+    );
+    let master = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(&self.0).status();
+        }
+    }
+    let _stop = Stop(master.clone());
+    wait_listening(port);
+    let hook = env.write_script("reload-haproxy", &format!("kill -USR2 {master}"));
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        env.defaults_http01(""),
+        env.cert_block(
+            "www",
+            &["www.example.com"],
+            &format!(
+                "{bundle_line}\nverify = [\"{addr}\"]\nreload = [[{}]]",
+                toml_str(&hook)
+            )
+        )
+    ));
+    let out = env.run(&cfg, &["renew", "--force"]);
+    if out.code != 0 {
+        env.dump();
+    }
+    assert_eq!(out.code, 0, "{out}");
+    let row = env.status_of(&cfg, "www");
+    let ep = endpoint(&row, &addr);
+    assert_eq!(ep["result"], "live", "{row}");
+    assert_eq!(ep["served_serial"], row["serial"], "{row}");
+}
+
+/// The aiosmtpd server: STARTTLS required, the context loaded from certkeeper's files
+/// and loaded again on SIGHUP (what `postfix reload` does for Postfix).
+const SMTPD: &str = r#"
+import signal, ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Sink
+cert, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+signal.signal(signal.SIGHUP, lambda *a: ctx.load_cert_chain(cert, key))
+c = Controller(Sink(), hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True)
+c.start()
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+/// A real SMTP server (Debian's python3-aiosmtpd) with STARTTLS: after the reload hook
+/// (SIGHUP) the new certificate is served through STARTTLS: live.
+#[test]
+fn smtp_starttls_is_live() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let (port, _lease) = reserve_ports(1, None);
+    issue_first(&env, "mail", "");
+    let (cert, key) = env.cert_paths("mail");
+    let script = env.path("smtpd.py");
+    fs::write(&script, SMTPD).unwrap();
+    let child = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&cert)
+        .arg(&key)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("/usr/bin/python3 (with aiosmtpd) is required: {e}"));
+    let mut child = Child(child);
+    let mut ready = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "aiosmtpd did not start (is python3-aiosmtpd installed?)"
+    );
+    let hook = env.write_script("reload-smtpd", &format!("kill -HUP {}", child.0.id()));
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        env.defaults_http01(""),
+        env.cert_block(
+            "mail",
+            &["mail.example.com"],
+            &format!(
+                "verify = [{{ addr = \"{addr}\", starttls = \"smtp\", sni = \"mail.example.com\" }}]\nreload = [[{}]]",
+                toml_str(&hook)
+            )
+        )
+    ));
+    let out = env.run(&cfg, &["renew", "--force"]);
+    if out.code != 0 {
+        env.dump();
+    }
+    assert_eq!(out.code, 0, "{out}");
+    let row = env.status_of(&cfg, "mail");
+    let ep = endpoint(&row, &addr);
+    assert_eq!(ep["result"], "live", "{row}");
+    assert_eq!(ep["served_serial"], row["serial"], "{row}");
+}

@@ -75,6 +75,7 @@ impl Runner {
                 return outcome;
             }
         };
+        let started = Instant::now();
         let mut results = verify_all(cert, &cert.verify, &installed, patience).await;
         let stale: Vec<Endpoint> = stale_endpoints(cert, &results);
         let mut outcome = outcome;
@@ -106,6 +107,11 @@ impl Runner {
                 error,
             })
             .collect();
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "verified {} endpoint(s)",
+            rec.endpoints.len()
+        );
         judge(cert, &installed, rec, outcome)
     }
 }
@@ -216,6 +222,8 @@ async fn verify_one(
 ) -> Probed {
     let deadline = Instant::now() + timeout;
     let mut pause = FIRST_BACKOFF;
+    // A stale answer seen once is worth more than a last probe cut short by the deadline.
+    let mut seen_stale: Option<Probed> = None;
     loop {
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -234,11 +242,18 @@ async fn verify_one(
             },
             Err(err) => (EndpointState::Unreachable, None, Some(err.to_string())),
         };
-        let now = Instant::now();
-        if patience == Patience::Once || now + pause >= deadline {
-            return r;
+        if r.0 == EndpointState::Stale {
+            seen_stale = Some(r.clone());
         }
-        tokio::time::sleep(pause).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if patience == Patience::Once || left.is_zero() {
+            return match (r.0, seen_stale) {
+                (EndpointState::Unreachable, Some(stale)) => stale,
+                _ => r,
+            };
+        }
+        // The last pause is cut short so one probe lands at the deadline.
+        tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(MAX_BACKOFF);
     }
 }
