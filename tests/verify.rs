@@ -87,6 +87,13 @@ impl Drop for Nginx {
     }
 }
 
+/// Prints the pass's own verify timings (from install to the verdict), for the report.
+fn figures(out: &Output) {
+    for l in out.all().lines().filter(|l| l.contains("elapsed_ms")) {
+        eprintln!("FIGURE {l}");
+    }
+}
+
 /// Orders Pebble has added so far (one log line per new order).
 fn orders(env: &TestEnv) -> usize {
     env.pebble().log().matches("Added order \"").count()
@@ -152,6 +159,7 @@ fn nginx_reloaded_is_live() {
     assert_eq!(ep["served_serial"], row["serial"], "{row}");
     assert_eq!(row["state"], "valid", "{row}");
     eprintln!("FIGURE renew --force with nginx verify live: {took:?}");
+    figures(&out);
 }
 
 /// nginx with a hook that does nothing: stale, the hooks run again, still stale, so
@@ -194,6 +202,7 @@ fn nginx_not_reloaded_is_not_served_until_reloaded() {
     let table = env.run(&cfg, &["status"]);
     assert!(table.stdout.contains("not-served"), "{table}");
     eprintln!("FIGURE renew --force to not-served (verify_timeout 3s, twice): {took:?}");
+    figures(&out);
 
     let before = orders(&env);
     let out = env.run(&cfg, &["renew"]);
