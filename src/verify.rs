@@ -293,7 +293,7 @@ impl<'a> Lines<'a> {
 pub fn smtp_line(line: &str, code: u16) -> Result<bool, ProbeError> {
     let want = code.to_string();
     let b = line.as_bytes();
-    if b.len() < 3 || &line[..3] != want {
+    if b.len() < 3 || b[..3] != *want.as_bytes() {
         return Err(ProbeError::Starttls(format!(
             "expected {code}, the server said {:?}",
             truncate(line)
@@ -359,13 +359,17 @@ pub fn imap_line(line: &str) -> ImapLine {
     }
 }
 
+/// Whether an IMAP greeting is `* OK ...` (a `* PREAUTH` or `* BYE` server cannot
+/// start TLS for us).
+pub fn imap_greeting_ok(line: &str) -> bool {
+    line.strip_prefix("* ")
+        .is_some_and(|r| r.len() >= 2 && r.as_bytes()[..2].eq_ignore_ascii_case(b"OK"))
+}
+
 async fn imap_starttls(tcp: &mut TcpStream) -> Result<(), ProbeError> {
     let mut l = Lines::new(tcp);
     let greeting = l.line().await?;
-    let ok = greeting
-        .strip_prefix("* ")
-        .is_some_and(|r| r.len() >= 2 && r[..2].eq_ignore_ascii_case("OK"));
-    if !ok {
+    if !imap_greeting_ok(&greeting) {
         return Err(ProbeError::Starttls(format!(
             "expected \"* OK\", the server said {:?}",
             truncate(&greeting)
@@ -419,6 +423,8 @@ mod tests {
         assert!(smtp_line("554 no", 220).is_err());
         assert!(smtp_line("22", 220).is_err());
         assert!(smtp_line("250xSTARTTLS", 250).is_err());
+        // A multi-byte character across byte 3 is an error, not a panic.
+        assert!(smtp_line("2\u{e9}0 hi", 250).is_err());
         let ehlo: Vec<String> = ["250-mail", "250-PIPELINING", "250 STARTTLS"]
             .iter()
             .map(|s| s.to_string())
@@ -436,6 +442,11 @@ mod tests {
         assert!(matches!(imap_line("a1 NO tls off"), ImapLine::Refused(_)));
         assert!(matches!(imap_line("a1 BAD"), ImapLine::Refused(_)));
         assert!(matches!(imap_line("a2 OK"), ImapLine::Refused(_)));
+        assert!(imap_greeting_ok("* OK [CAPABILITY IMAP4rev1] ready"));
+        assert!(imap_greeting_ok("* ok"));
+        assert!(!imap_greeting_ok("* BYE go away"));
+        assert!(!imap_greeting_ok("* \u{e9}"));
+        assert!(!imap_greeting_ok("OK"));
     }
 
     #[test]
