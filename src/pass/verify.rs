@@ -87,7 +87,7 @@ impl Runner {
                     installed.serial
                 );
             }
-            outcome = run_hooks(cert, info, rec, "renewed; hooks rerun for a stale endpoint").await;
+            outcome = run_hooks(cert, info, rec, "hooks rerun for a stale endpoint").await;
             let again = verify_all(cert, &stale, &installed, Patience::UntilTimeout).await;
             for (addr, r) in again {
                 if let Some(slot) = results.iter_mut().find(|(a, _)| *a == addr) {
@@ -255,5 +255,60 @@ async fn verify_one(
         // The last pause is cut short so one probe lands at the deadline.
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn cert(verify: &str) -> CertConfig {
+        let src = format!(
+            "[acme]\ndirectory = \"letsencrypt\"\n[defaults]\nhttp01_listen = \"127.0.0.1:80\"\n\
+             [[cert]]\nname = \"www\"\ndomains = [\"www.example.com\"]\ncert_path = \"/x/c.pem\"\n\
+             key_path = \"/x/k.pem\"\n{verify}\n"
+        );
+        let cfg = Config::from_str_at(&src, Path::new("t.toml"), Path::new("/")).unwrap();
+        cfg.certs[0].clone()
+    }
+
+    #[test]
+    fn wake_is_capped_hourly_only_with_endpoints() {
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let later = now + time::Duration::days(20);
+        assert_eq!(cap_wake(&cert(""), later, now), later);
+        let capped = cap_wake(&cert("verify = [\"127.0.0.1:443\"]"), later, now);
+        assert_eq!(capped, now + crate::fault::scaled(VERIFY_EVERY));
+        let soon = now + time::Duration::minutes(5);
+        assert_eq!(
+            cap_wake(&cert("verify = [\"127.0.0.1:443\"]"), soon, now),
+            soon
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_once_and_until_the_timeout() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = cert(&format!("verify = [\"{addr}\"]\nverify_timeout = \"1s\""));
+        let want = Served {
+            serial: "01".into(),
+            spki_sha256: "00".into(),
+            not_after: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        for p in [Patience::Once, Patience::UntilTimeout] {
+            let r = verify_all(&c, &c.verify, &want, p).await;
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].0, addr.to_string());
+            assert_eq!(r[0].1.0, EndpointState::Unreachable, "{p:?}");
+            assert!(
+                r[0].1.2.as_deref().unwrap().contains("connect"),
+                "{:?}",
+                r[0].1
+            );
+        }
     }
 }
