@@ -509,3 +509,55 @@ fn smtp_starttls_is_live() {
     assert_eq!(ep["result"], "live", "{row}");
     assert_eq!(ep["served_serial"], row["serial"], "{row}");
 }
+
+/// `certkeeper run`: the daemon's pass over a certificate that is not due still probes
+/// its endpoint (nginx serving the installed files) and records it live, without an
+/// order; `status` and the daemon agree.
+#[test]
+fn daemon_pass_verifies_a_not_due_certificate() {
+    let env = TestEnv::with_pebble(PebbleOpts::default());
+    let (port, _lease) = reserve_ports(1, None);
+    issue_first(&env, "www", "");
+    let (cert, key) = env.cert_paths("www");
+    let nginx = Nginx::start(&env.path("nginx"), port, &cert, &key);
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        env.defaults_http01(""),
+        env.cert_block(
+            "www",
+            &["www.example.com"],
+            &format!("verify = [\"{addr}\"]\nreload = [{}]", nginx.reload_argv())
+        )
+    ));
+    let before = orders(&env);
+    let mut d = common::daemon::Daemon::start(&env, "run", &cfg);
+    assert!(
+        d.wait_log(
+            Duration::from_secs(30),
+            "endpoint serves the installed certificate"
+        ),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log(Duration::from_secs(10), "verified 1 endpoint(s)"),
+        "{}",
+        d.log()
+    );
+    // The record is written right after the pass's log lines.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = env.status_of(&cfg, "www");
+        if row["endpoints"].as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(endpoint(&row, &addr)["result"], "live", "{row}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no endpoint result recorded: {row}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(orders(&env), before, "a not-due certificate is not ordered");
+}
