@@ -47,6 +47,7 @@ pub mod report;
 pub mod state;
 pub mod store;
 pub mod timefmt;
+pub mod verify;
 pub mod watched;
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Called once at start-up: with

@@ -33,6 +33,10 @@ pub enum CertState {
     /// Due, but the certificate's circuit breaker is open (set by `status`, never by the
     /// policy).
     Breaker,
+    /// Installed, but a `verify` endpoint still serves another certificate (set by
+    /// `status` from the record, never by the policy).
+    #[serde(rename = "not-served")]
+    NotServed,
 }
 
 impl CertState {
@@ -46,6 +50,7 @@ impl CertState {
             Self::Expired => "expired",
             Self::Deferred => "deferred",
             Self::Breaker => "breaker",
+            Self::NotServed => "not-served",
         }
     }
 }

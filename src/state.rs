@@ -75,6 +75,53 @@ pub struct CertRecord {
     /// which is most of the cost of a pass over 10,000 certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_set: Option<String>,
+    /// An endpoint in `verify` still served another certificate after the hooks ran
+    /// twice: the certificate failed, and the next run re-verifies instead of ordering.
+    pub not_served: bool,
+    /// The last result of each `verify` endpoint, for `status` and metrics.
+    pub endpoints: Vec<EndpointResult>,
+}
+
+/// What one `verify` endpoint served the last time it was probed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointResult {
+    /// The endpoint as configured (`host:port`).
+    pub addr: String,
+    /// live, stale or unreachable.
+    pub result: EndpointState,
+    /// Serial of the served leaf, if one was read.
+    pub served_serial: Option<String>,
+    /// Expiry of the served leaf, if one was read.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub served_not_after: Option<OffsetDateTime>,
+    /// When it was probed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+    /// Why it was unreachable (or what stale means), for operators.
+    pub error: Option<String>,
+}
+
+/// The outcome of verifying one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointState {
+    /// Serves the installed certificate.
+    Live,
+    /// Serves another certificate.
+    Stale,
+    /// No leaf could be read (connect, STARTTLS, TLS or timeout).
+    Unreachable,
+}
+
+impl EndpointState {
+    /// The lower-case name used in logs, JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Stale => "stale",
+            Self::Unreachable => "unreachable",
+        }
+    }
 }
 
 impl CertRecord {

@@ -18,6 +18,7 @@ mod parse;
 mod raw;
 mod span;
 mod validate;
+mod verify;
 mod watch;
 
 #[cfg(test)]
@@ -33,7 +34,9 @@ use crate::fileset::FileSet;
 use serde::Deserialize;
 
 pub use alias::{canonical_file, normalize_lexically, path_alias_errors};
-pub use parse::{KeyType, Mode, OrderLimit, RenewBefore, parse_duration, parse_signal};
+pub use parse::{
+    KeyType, Mode, OrderLimit, RenewBefore, parse_duration, parse_endpoint, parse_signal,
+};
 
 /// Where the config is read from when neither `--config` nor `CERTKEEPER_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
@@ -205,6 +208,37 @@ pub const DEFAULT_ORDER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default for `max_orders_per_cert`.
 pub const DEFAULT_MAX_ORDERS_PER_CERT: u32 = 3;
 
+/// Default for `verify_timeout`: long enough for a server to finish an asynchronous reload.
+pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a probe reaches TLS on an endpoint: mail servers speak plain text first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Starttls {
+    /// TLS from the first byte.
+    #[default]
+    None,
+    /// SMTP (Postfix): EHLO, STARTTLS.
+    Smtp,
+    /// IMAP (Dovecot): `a1 STARTTLS`.
+    Imap,
+}
+
+/// One `verify` entry: where a server should be serving this certificate, so the agent
+/// can prove the reload really happened instead of trusting the hook's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as written (used in logs, status and metric labels).
+    pub addr: String,
+    /// The host part (a name is resolved at probe time; brackets removed from IPv6).
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+    /// Plain-text upgrade before TLS, if any.
+    pub starttls: Starttls,
+    /// The SNI name to send; `None` means the certificate's first domain.
+    pub sni: Option<String>,
+}
+
 /// A line/column in the config, kept so later checks can point at the right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Loc {
@@ -256,6 +290,11 @@ pub struct CertConfig {
     /// The circuit breaker: at most this many successful orders in 24 hours, whatever the
     /// policy, ARI or the files say, so a renewal loop cannot burn the CA's limits.
     pub max_orders_per_cert: u32,
+    /// Endpoints that must serve the installed certificate (`verify`).
+    pub verify: Vec<Endpoint>,
+    /// How long verifying after an install may retry (`verify_timeout`); also the bound
+    /// of one probe.
+    pub verify_timeout: Duration,
     /// Where each key of this certificate was written, for pointing errors at lines.
     pub locs: BTreeMap<String, Loc>,
 }

@@ -313,6 +313,30 @@ impl FromStr for MaxNewOrders {
     }
 }
 
+/// Splits an endpoint `host:port` (IPv6 as `[::1]:443`), so a typo in a `verify` entry
+/// is a config error instead of a probe that can never connect.
+pub fn parse_endpoint(addr: &str) -> Result<(String, u16), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} has no port (write host:port)"));
+    };
+    let host = match host.strip_prefix('[') {
+        Some(h) => h
+            .strip_suffix(']')
+            .ok_or_else(|| format!("{addr:?}: unbalanced '[' in the host"))?,
+        None if host.contains(':') => {
+            return Err(format!("{addr:?}: write an IPv6 address as [addr]:port"));
+        }
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(format!("{addr:?} has no host"));
+    }
+    match port.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok((host.to_string(), p as u16)),
+        _ => Err(format!("{addr:?}: {port:?} is not a port (1-65535)")),
+    }
+}
+
 #[cfg(test)]
 mod order_limit_tests {
     use super::*;

@@ -45,6 +45,7 @@ macro_rules! cert_options {
             pub(super) reload_signal: Option<Spanned<RawReloadSignal>>,
             pub(super) layout: Option<Spanned<Layout>>,
             pub(super) max_orders_per_cert: Option<Spanned<u32>>,
+            pub(super) verify_timeout: Option<Spanned<Parsed<HumanDuration>>>,
         }
     };
 }
@@ -76,6 +77,9 @@ cert_options!(
         pub(super) key_path: Spanned<PathBuf>,
         pub(super) chain_path: Option<Spanned<PathBuf>>,
         pub(super) bundle_path: Option<Spanned<PathBuf>>,
+        /// Each entry a `"host:port"` string or an inline table; checked in validation
+        /// (an untagged enum would only say "did not match any variant").
+        pub(super) verify: Option<Spanned<Vec<Spanned<toml::Value>>>>,
     }
 );
 

@@ -594,3 +594,68 @@ fn watch_sections_parse_and_bad_ones_name_their_line() {
         (20, "duplicate watch name \"p\"")
     );
 }
+
+#[test]
+fn verify_endpoints_parse_with_defaults() {
+    let src = format!(
+        "{BASE}verify = [\"127.0.0.1:443\", {{ addr = \"mail.example.com:25\", starttls = \"smtp\", sni = \"mail.example.com\" }}, {{ addr = \"[::1]:143\", starttls = \"imap\" }}]\n"
+    );
+    let c = parse(&src).unwrap();
+    let w = &c.certs[0];
+    assert_eq!(w.verify_timeout, DEFAULT_VERIFY_TIMEOUT);
+    assert_eq!(w.verify.len(), 3);
+    assert_eq!(
+        w.verify[0],
+        Endpoint {
+            addr: "127.0.0.1:443".into(),
+            host: "127.0.0.1".into(),
+            port: 443,
+            starttls: Starttls::None,
+            sni: None,
+        }
+    );
+    assert_eq!(w.verify[1].starttls, Starttls::Smtp);
+    assert_eq!(w.verify[1].sni.as_deref(), Some("mail.example.com"));
+    assert_eq!(w.verify[2].host, "::1");
+    assert_eq!(w.verify[2].starttls, Starttls::Imap);
+    let src = format!("{BASE}verify_timeout = \"5s\"\n");
+    assert_eq!(
+        parse(&src).unwrap().certs[0].verify_timeout,
+        Duration::from_secs(5)
+    );
+    // [defaults] carries verify_timeout too.
+    let src = BASE.replace("[defaults]\n", "[defaults]\nverify_timeout = \"7s\"\n");
+    assert_eq!(
+        parse(&src).unwrap().certs[0].verify_timeout,
+        Duration::from_secs(7)
+    );
+}
+
+#[test]
+fn verify_errors_name_the_line() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "verify = [{ addr = \"a.example:25\", starttls = \"pop3\" }]",
+            "unknown starttls",
+        ),
+        ("verify = [\"a.example\"]", "no port"),
+        ("verify = [\"a.example:0\"]", "not a port"),
+        ("verify = [\"a.example:65536\"]", "not a port"),
+        ("verify = [\"a.example:https\"]", "not a port"),
+        (
+            "verify = [{ addr = \"a.example:25\", tls = true }]",
+            "unknown key",
+        ),
+        ("verify = [\"\"]", "empty endpoint"),
+        ("verify = [{ starttls = \"smtp\" }]", "needs addr"),
+        ("verify_timeout = \"0s\"", "greater than zero"),
+    ];
+    for (add, msg) in cases {
+        let src = format!("{BASE}\n\n{add}\n");
+        let e = first_err(&src);
+        assert_eq!(e.line, 17, "{add:?}: {e}");
+        assert!(e.key.contains("].verify"), "{add:?}: key in {e}");
+        assert!(e.message.contains(msg), "{add:?}: message in {e}");
+        assert!(e.to_string().starts_with("test.toml:17:"), "{e}");
+    }
+}

@@ -326,6 +326,7 @@ fn one_cert(
         super::limits::max_orders_per_cert(max_orders, s.key("max_orders_per_cert"), &s.span, ctx);
     let reload = reload_hooks(&mut s, ctx);
     let challenge = challenge(&mut s, ctx);
+    let (verify, verify_timeout) = super::verify::section(&mut s.locs, &s.name, c, d, ctx);
     CertConfig {
         name: s.name,
         domains: c.domains.get_ref().clone(),
@@ -346,6 +347,8 @@ fn one_cert(
         reload_signal,
         layout,
         max_orders_per_cert,
+        verify,
+        verify_timeout,
         locs: s.locs,
     }
 }

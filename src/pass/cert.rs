@@ -8,6 +8,7 @@ use tracing::{error, info, warn};
 
 use super::record::{note_damage, note_error, roll_forward};
 use super::reload::run_hooks;
+use super::verify::{Patience, cap_wake};
 use super::{CertResult, DiskLook, Fingerprint, HOOK_RETRY, Outcome, PassError, Runner};
 use crate::config::CertConfig;
 use crate::inventory::{CertInfo, OnDisk};
@@ -250,8 +251,13 @@ impl Runner {
         {
             outcome = run_hooks(cert, info, rec, "hooks retried").await;
         }
+        if let Some(info) = disk.info() {
+            outcome = self
+                .verify_served(cert, info, rec, outcome, Patience::Once)
+                .await;
+        }
         CertResult {
-            next_wake: next_wake(rec, decision.renew_at, now),
+            next_wake: cap_wake(cert, next_wake(rec, decision.renew_at, now), now),
             outcome,
             installed: false,
             fingerprint: None,
@@ -292,9 +298,12 @@ impl Runner {
             warn!("{e}");
         }
         let outcome = run_hooks(cert, &info, rec, "renewed").await;
+        let outcome = self
+            .verify_served(cert, &info, rec, outcome, Patience::UntilTimeout)
+            .await;
         let next = decide(cert, &disk, ari.as_ref(), rec, now).renew_at;
         CertResult {
-            next_wake: next_wake(rec, next, now),
+            next_wake: cap_wake(cert, next_wake(rec, next, now), now),
             outcome,
             installed: true,
             fingerprint: None,

@@ -20,6 +20,7 @@ mod order;
 mod record;
 mod reload;
 mod runner;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ pub use runner::{CertResult, Runner};
 /// How many certificates are looked at at once. Each look reads a few small files off
 /// the async workers; more in flight would only hold more memory at 10,000 certificates.
 pub const MAX_LOOKS: usize = 64;
+pub use verify::VERIFY_EVERY;
 /// How soon a failed reload hook is retried by a long-running process.
 pub const HOOK_RETRY: Duration = Duration::from_secs(300);
 

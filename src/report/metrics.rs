@@ -51,6 +51,8 @@ struct Families {
     state: Family<Labels, Gauge>,
     renewals: Family<Labels, Counter>,
     hook_failures: Family<Labels, Counter>,
+    endpoint_current: Family<Labels, Gauge>,
+    endpoint_not_after: Family<Labels, Gauge>,
 }
 
 impl Families {
@@ -77,6 +79,7 @@ impl Families {
             CertState::Expired,
             CertState::Deferred,
             CertState::Breaker,
+            CertState::NotServed,
         ] {
             let mut sl = l.clone();
             sl.push(("state".into(), s.as_str().into()));
@@ -88,6 +91,27 @@ impl Families {
             self.renewals.get_or_create(&rl).inc_by(n);
         }
         self.hook_failures.get_or_create(&l).inc_by(r.hook_failures);
+        self.add_endpoints(r);
+    }
+
+    /// One series per `verify` endpoint: whether it serves the installed certificate,
+    /// and the served leaf's expiry (what clients really see).
+    fn add_endpoints(&self, r: &StatusRow) {
+        for e in &r.endpoints {
+            let el = vec![
+                ("cert".to_string(), r.name.clone()),
+                ("endpoint".to_string(), e.addr.clone()),
+            ];
+            let live = e.result == crate::state::EndpointState::Live;
+            self.endpoint_current
+                .get_or_create(&el)
+                .set(i64::from(live));
+            if let Some(t) = e.served_not_after {
+                self.endpoint_not_after
+                    .get_or_create(&el)
+                    .set(t.unix_timestamp());
+            }
+        }
     }
 
     /// Registers the families with their help texts, in exposition order.
@@ -119,7 +143,7 @@ impl Families {
         );
         reg.register(
             "certificate_state",
-            "1 for the certificate's current state (valid, due, missing, invalid, expired, deferred, breaker)",
+            "1 for the certificate's current state (valid, due, missing, invalid, expired, deferred, breaker, not-served)",
             self.state,
         );
         reg.register(
@@ -131,6 +155,16 @@ impl Families {
             "certificate_hook_failures",
             "Failed reload hook runs",
             self.hook_failures,
+        );
+        reg.register(
+            "endpoint_serves_current",
+            "1 if the verify endpoint served the installed certificate at its last check",
+            self.endpoint_current,
+        );
+        reg.register(
+            "endpoint_not_after_timestamp_seconds",
+            "Expiry of the certificate the verify endpoint served at its last check (Unix time)",
+            self.endpoint_not_after,
         );
     }
 }
@@ -224,6 +258,7 @@ mod tests {
             ari_window: None,
             ari_next_poll: None,
             warnings: Vec::new(),
+            endpoints: Vec::new(),
             times: RowTimes {
                 not_after: Some(1_900_000_000),
                 renew_at: 1_800_000_000,
@@ -254,5 +289,44 @@ mod tests {
         }
         assert!(!text.contains("last_failure_timestamp_seconds{name=\"www\"}"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn renders_endpoint_series() {
+        use crate::state::{EndpointResult, EndpointState};
+        let at = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut r = row("www", CertState::NotServed);
+        r.endpoints = vec![
+            EndpointResult {
+                addr: "127.0.0.1:8443".into(),
+                result: EndpointState::Live,
+                served_serial: Some("0a".into()),
+                served_not_after: Some(
+                    time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap(),
+                ),
+                checked_at: at,
+                error: None,
+            },
+            EndpointResult {
+                addr: "127.0.0.1:25".into(),
+                result: EndpointState::Unreachable,
+                served_serial: None,
+                served_not_after: None,
+                checked_at: at,
+                error: Some("refused".into()),
+            },
+        ];
+        let text = render(&[r], &[]);
+        for want in [
+            "certkeeper_endpoint_serves_current{cert=\"www\",endpoint=\"127.0.0.1:8443\"} 1",
+            "certkeeper_endpoint_serves_current{cert=\"www\",endpoint=\"127.0.0.1:25\"} 0",
+            "certkeeper_endpoint_not_after_timestamp_seconds{cert=\"www\",endpoint=\"127.0.0.1:8443\"} 1900000000",
+            "certkeeper_certificate_state{name=\"www\",state=\"not-served\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("not_after_timestamp_seconds{cert=\"www\",endpoint=\"127.0.0.1:25\"}")
+        );
     }
 }

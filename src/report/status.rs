@@ -65,6 +65,8 @@ pub struct StatusRow {
     pub ari_next_poll: Option<String>,
     /// Problems with the files that do not stop renewal, e.g. a key readable by others.
     pub warnings: Vec<String>,
+    /// The last result of each `verify` endpoint.
+    pub endpoints: Vec<crate::state::EndpointResult>,
     /// Unix timestamps of the above, for metrics.
     #[serde(skip)]
     pub times: RowTimes,
@@ -97,6 +99,9 @@ pub fn status_row(f: &Facts) -> StatusRow {
         rule: d.rule,
         state: match &f.hold {
             Some(h) if d.due => h.kind,
+            _ if rec.not_served && matches!(d.state, CertState::Valid | CertState::Due) => {
+                CertState::NotServed
+            }
             _ => d.state,
         },
         hold: f.hold.as_ref().map(|h| h.kind),
@@ -121,6 +126,7 @@ pub fn status_row(f: &Facts) -> StatusRow {
         ari_window: f.ari.map(|w| [rfc3339(w.start), rfc3339(w.end)]),
         ari_next_poll: rec.ari_next_poll.map(rfc3339),
         warnings: f.warnings.clone(),
+        endpoints: rec.endpoints.clone(),
         times: RowTimes {
             not_after: info.map(|i| i.not_after.unix_timestamp()),
             renew_at: d.renew_at.unix_timestamp(),
