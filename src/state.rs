@@ -494,6 +494,29 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_results_round_trip_and_old_records_load() {
+        let old: CertRecord =
+            serde_json::from_str(r#"{"failures":1,"hooks_pending":true}"#).unwrap();
+        assert!(!old.not_served && old.endpoints.is_empty());
+        assert_eq!(old.failures, 1);
+        let rec = CertRecord {
+            not_served: true,
+            endpoints: vec![EndpointResult {
+                addr: "127.0.0.1:443".into(),
+                result: EndpointState::Stale,
+                served_serial: Some("0b".into()),
+                served_not_after: Some(OffsetDateTime::UNIX_EPOCH),
+                checked_at: OffsetDateTime::UNIX_EPOCH,
+                error: Some("serves serial 0b, installed 0a".into()),
+            }],
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(text.contains(r#""result":"stale""#), "{text}");
+        assert_eq!(serde_json::from_str::<CertRecord>(&text).unwrap(), rec);
+    }
+
+    #[test]
     fn corrupt_record_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::create(dir.path()).unwrap();

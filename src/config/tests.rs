@@ -648,6 +648,10 @@ fn verify_errors_name_the_line() {
         ),
         ("verify = [\"\"]", "empty endpoint"),
         ("verify = [{ starttls = \"smtp\" }]", "needs addr"),
+        (
+            "verify = [\"a.example:25\", \"a.example:25\"]",
+            "listed twice",
+        ),
         ("verify_timeout = \"0s\"", "greater than zero"),
     ];
     for (add, msg) in cases {

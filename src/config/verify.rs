@@ -33,11 +33,18 @@ pub(super) fn section(
     };
     locs.insert("verify".into(), ctx.loc(&list.span()));
     let key = format!("cert[{name}].verify");
-    let eps = list
-        .get_ref()
-        .iter()
-        .filter_map(|e| entry(e, &key, ctx))
-        .collect();
+    let mut eps: Vec<Endpoint> = Vec::new();
+    for e in list.get_ref() {
+        let Some(ep) = entry(e, &key, ctx) else {
+            continue;
+        };
+        // Results are kept per address: one address twice would hide one of them.
+        if eps.iter().any(|x| x.addr == ep.addr) {
+            ctx.err(&e.span(), &key, format!("{:?} is listed twice", ep.addr));
+            continue;
+        }
+        eps.push(ep);
+    }
     (eps, verify_timeout)
 }
 
