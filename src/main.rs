@@ -239,7 +239,10 @@ fn renew(
         Ok(c) => Arc::new(c),
         Err(code) => return Ok(code),
     };
-    let result = runtime()?.block_on(pass::renew(cfg.clone(), opts, clock.clone()));
+    let rt = runtime()?;
+    let result = rt.block_on(pass::renew(cfg.clone(), opts, clock.clone()));
+    // Watched endpoints are probed after the pass, so a slow one never delays a renewal.
+    rt.block_on(certkeeper::watched::probe_endpoints(&cfg, clock.now()));
     if let Some(mf) = &metrics_file {
         let rows = report::status(&cfg, clock.now());
         if let Err(e) =

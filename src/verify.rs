@@ -34,6 +34,8 @@ pub struct Served {
     pub spki_sha256: String,
     /// End of validity of the served leaf.
     pub not_after: OffsetDateTime,
+    /// Start of validity (a watched endpoint's `warn_before` may be a share of the lifetime).
+    pub not_before: OffsetDateTime,
 }
 
 impl Served {
@@ -54,6 +56,7 @@ impl Served {
             serial,
             spki_sha256,
             not_after: x.validity().not_after.to_datetime(),
+            not_before: x.validity().not_before.to_datetime(),
         })
     }
 }
@@ -396,6 +399,7 @@ mod tests {
             serial: serial.into(),
             spki_sha256: spki.into(),
             not_after: OffsetDateTime::UNIX_EPOCH,
+            not_before: OffsetDateTime::UNIX_EPOCH,
         }
     }
 

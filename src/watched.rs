@@ -4,11 +4,14 @@
 //! file bounded and as a regular file only, and reports each bad file on its own so one
 //! never hides the others. Nothing is ever ordered or written for them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tracing::warn;
 
-use crate::config::{RenewBefore, WatchConfig};
+use crate::config::{Config, RenewBefore, WatchConfig};
 use crate::inventory::{self, CertInfo};
 
 /// At most this many files per watch: a pattern such as `/**` must not make a status
@@ -48,9 +51,106 @@ pub fn warn_at(info: &CertInfo, warn_before: RenewBefore) -> OffsetDateTime {
     }
 }
 
-/// Reads every file of one watch. Blocking (file reads only, each bounded).
-pub fn look(w: &WatchConfig) -> Vec<Watched> {
-    let mut out = Vec::new();
+/// Longest wait for one watched endpoint's certificate: a host that hangs costs this
+/// and never holds up the others (they are probed at once).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a watched endpoint served when last probed (`state_dir/watched/<name>.json`):
+/// `status` reads it without the network.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointSeen {
+    /// `host:port` as configured.
+    pub addr: String,
+    /// When it was probed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+    /// The served leaf's serial, start and end of validity; `None` with `error`.
+    pub serial: Option<String>,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub not_before: Option<OffsetDateTime>,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub not_after: Option<OffsetDateTime>,
+    /// Why no certificate was read.
+    pub error: Option<String>,
+}
+
+/// Where a watch's endpoint results are kept.
+fn seen_file(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("watched").join(format!("{name}.json"))
+}
+
+/// Probes every endpoint of every watch at once and records what each served. Failures
+/// to record are logged: a watch never fails a pass.
+pub async fn probe_endpoints(cfg: &Config, now: OffsetDateTime) {
+    for w in cfg.watches.iter().filter(|w| !w.endpoints.is_empty()) {
+        let probes = w.endpoints.iter().map(|ep| async move {
+            let r = crate::verify::probe(ep, &ep.host, PROBE_TIMEOUT).await;
+            if let Err(e) = &r {
+                warn!(watch = %w.name, endpoint = %ep.addr, "cannot read the certificate served: {e}");
+            }
+            EndpointSeen {
+                addr: ep.addr.clone(),
+                checked_at: now,
+                serial: r.as_ref().ok().map(|s| s.serial.clone()),
+                not_before: r.as_ref().ok().map(|s| s.not_before),
+                not_after: r.as_ref().ok().map(|s| s.not_after),
+                error: r.err().map(|e| e.to_string()),
+            }
+        });
+        let seen: Vec<EndpointSeen> = futures_util::future::join_all(probes).await;
+        let path = seen_file(&cfg.state_dir, &w.name);
+        let body = serde_json::to_vec_pretty(&seen).expect("plain data serializes");
+        let written = std::fs::create_dir_all(crate::fsx::parent(&path))
+            .and_then(|()| crate::fsx::write_atomic(&path, &body, 0o644, None));
+        if let Err(e) = written {
+            warn!(watch = %w.name, "cannot record {}: {e}", path.display());
+        }
+    }
+}
+
+/// The endpoints of one watch as last probed (a row saying "not probed yet" for one
+/// with no record, so a configured endpoint is never silently absent).
+fn endpoint_rows(w: &WatchConfig, state_dir: &Path) -> Vec<Watched> {
+    let seen: Vec<EndpointSeen> =
+        crate::fsx::read_regular(&seen_file(state_dir, &w.name), crate::fsx::PEM_LIMIT, false)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+    w.endpoints
+        .iter()
+        .map(|ep| {
+            let s = seen.iter().find(|s| s.addr == ep.addr);
+            let found = match s {
+                None => Err(format!(
+                    "{}: not probed yet (renew or run probes it)",
+                    ep.addr
+                )),
+                Some(EndpointSeen { error: Some(e), .. }) => Err(format!("{}: {e}", ep.addr)),
+                Some(s) => Ok(CertInfo {
+                    not_before: s.not_before.unwrap_or(s.checked_at),
+                    not_after: s.not_after.unwrap_or(s.checked_at),
+                    serial: s.serial.clone().unwrap_or_default(),
+                    sans: Vec::new(),
+                    leaf_der: Vec::new(),
+                    chain_len: 1,
+                }),
+            };
+            Watched {
+                name: w.name.clone(),
+                source: ep.addr.clone(),
+                warn_at: found.as_ref().ok().map(|i| warn_at(i, w.warn_before)),
+                found,
+            }
+        })
+        .collect()
+}
+
+/// Reads every file of one watch, and its endpoints as last probed. Blocking (file reads
+/// only, each bounded).
+pub fn look(w: &WatchConfig, state_dir: &Path) -> Vec<Watched> {
+    let mut out = endpoint_rows(w, state_dir);
     for pattern in &w.paths {
         let row = |source: String, found: Result<CertInfo, String>| Watched {
             name: w.name.clone(),
@@ -170,9 +270,10 @@ mod tests {
                 format!("{}/gone.crt", d.path().display()),
             ],
             warn_before: RenewBefore::Fraction(0.25),
+            endpoints: Vec::new(),
             loc: Default::default(),
         };
-        let rows = look(&w);
+        let rows = look(&w, d.path());
         let shown: Vec<(String, String)> = rows
             .iter()
             .map(|r| {

@@ -185,3 +185,80 @@ fn the_daemon_sees_a_new_watched_file_without_a_reload() {
     assert!(seen, "{}", d.log());
     assert!(d.is_running());
 }
+
+/// A watched TLS endpoint: `openssl s_server` serves a certificate with 3 days left, and
+/// a listener written in this test accepts and never speaks (a host that hangs). `renew`
+/// probes both after its pass; the hang is bounded and does not hide the live one.
+#[test]
+fn watched_endpoints_are_probed_and_a_hanging_one_is_bounded() {
+    let env = TestEnv::new();
+    let (cfg, _pki) = setup(&env);
+    let now = OffsetDateTime::now_utc();
+    let (c, k) = self_signed(
+        &["ldap.internal"],
+        now - time::Duration::days(87),
+        now + time::Duration::days(3),
+    );
+    let (cp, kp) = (env.path("served.pem"), env.path("served.key"));
+    fs::write(&cp, c).unwrap();
+    fs::write(&kp, k).unwrap();
+    let (port, _lease) = reserve_ports(2, None);
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cp)
+        .arg("-key")
+        .arg(&kp);
+    let _server = Subprocess::spawn("s_server", cmd, env.root());
+    let hang = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let text = fs::read_to_string(&cfg).unwrap();
+    let cfg = env.write_raw_config(
+        "certkeeper.toml",
+        &format!(
+            "{text}endpoints = [\"127.0.0.1:{port}\", \"127.0.0.1:{}\"]\n",
+            port + 1
+        ),
+    );
+    // Before any probe, the endpoint has a row that says so.
+    let rows = env.status_json(&cfg);
+    let live = format!("127.0.0.1:{port}");
+    let row = |rows: &[serde_json::Value], s: &str| {
+        rows.iter()
+            .find(|r| r["source"] == s)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {s}: {rows:#?}"))
+    };
+    assert!(
+        row(&rows, &live)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not probed yet")
+    );
+    let t0 = std::time::Instant::now();
+    let out = env.run(&cfg, &["renew"]);
+    let took = t0.elapsed();
+    assert_eq!(out.code, 0, "a watch never fails a pass: {out}");
+    eprintln!("renew with a hanging watched endpoint took {took:?}");
+    let rows = env.status_json(&cfg);
+    let r = row(&rows, &live);
+    assert_eq!(r["state"], "watched");
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(
+        r["expiring"], true,
+        "3 days left of 90 is within 1/6... of 14d: {r}"
+    );
+    assert_eq!(
+        normalize_hex(r["serial"].as_str().unwrap()),
+        cert_serial(&cp)
+    );
+    let h = row(&rows, &format!("127.0.0.1:{}", port + 1));
+    assert!(
+        h["error"].as_str().unwrap().contains("no answer within"),
+        "{h}"
+    );
+    drop(hang);
+}

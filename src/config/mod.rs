@@ -340,6 +340,8 @@ pub struct WatchConfig {
     pub name: String,
     /// Files or glob patterns (absolute), expanded at every look, so new files are seen.
     pub paths: Vec<String>,
+    /// TLS endpoints whose served certificate is watched (same forms as `verify`).
+    pub endpoints: Vec<Endpoint>,
     /// How long before its not-after a watched certificate counts as expiring.
     pub warn_before: RenewBefore,
     /// Where the `[[watch]]` section starts.

@@ -123,5 +123,7 @@ pub(super) struct RawWatch {
     pub(super) name: Spanned<String>,
     #[serde(default)]
     pub(super) paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) endpoints: Vec<Spanned<toml::Value>>,
     pub(super) warn_before: Option<Spanned<Parsed<RenewBefore>>>,
 }

@@ -538,7 +538,7 @@ fn order_limits_default_parse_and_errors_name_the_line() {
 #[test]
 fn watch_sections_parse_and_bad_ones_name_their_line() {
     let c = parse(&format!(
-        "{BASE}\n[[watch]]\nname = \"pki\"\npaths = [\"/etc/pki/*.pem\", \"vendor.crt\"]\nwarn_before = \"14d\"\n\n[[watch]]\nname = \"bought\"\npaths = [\"/etc/tls/bought.pem\"]\n"
+        "{BASE}\n[[watch]]\nname = \"pki\"\npaths = [\"/etc/pki/*.pem\", \"vendor.crt\"]\nendpoints = [\"10.0.0.5:636\"]\nwarn_before = \"14d\"\n\n[[watch]]\nname = \"bought\"\npaths = [\"/etc/tls/bought.pem\"]\n"
     ))
     .unwrap();
     assert_eq!(c.watches.len(), 2);
@@ -551,6 +551,8 @@ fn watch_sections_parse_and_bad_ones_name_their_line() {
         RenewBefore::Remaining(Duration::from_secs(14 * 86400))
     );
     assert_eq!(c.watches[1].warn_before, DEFAULT_WATCH_WARN_BEFORE);
+    assert_eq!(c.watches[0].endpoints[0].port, 636);
+    assert!(c.watches[1].endpoints.is_empty());
     let cases = [
         (
             "name = \"www\"\npaths = [\"/a.pem\"]",
@@ -563,6 +565,16 @@ fn watch_sections_parse_and_bad_ones_name_their_line() {
             "must be non-empty",
         ),
         ("name = \"p\"", "watch[p].paths", "at least one entry"),
+        (
+            "name = \"p\"\nendpoints = [\"10.0.0.5\"]",
+            "watch[p].endpoints",
+            "port",
+        ),
+        (
+            "name = \"p\"\nendpoints = [{ addr = \"h:636\", starttls = \"ldap\" }]",
+            "watch[p].endpoints",
+            "ldap",
+        ),
         (
             "name = \"p\"\npaths = [\"/a/[b.pem\"]",
             "watch[p].paths",

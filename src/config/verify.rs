@@ -49,7 +49,7 @@ pub(super) fn section(
 }
 
 /// One entry: `"host:port"` or `{ addr, starttls, sni }`.
-fn entry(e: &Spanned<toml::Value>, key: &str, ctx: &mut Ctx<'_>) -> Option<Endpoint> {
+pub(super) fn entry(e: &Spanned<toml::Value>, key: &str, ctx: &mut Ctx<'_>) -> Option<Endpoint> {
     let span = e.span();
     let fail = |ctx: &mut Ctx<'_>, m: String| {
         ctx.err(&span, key, m);

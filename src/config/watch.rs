@@ -58,13 +58,18 @@ fn one_watch(
             format!("duplicate watch name {name:?}"),
         );
     }
-    if w.paths.is_empty() {
+    if w.paths.is_empty() && w.endpoints.is_empty() {
         ctx.err(
             &sw.span(),
             key("paths"),
-            "a [[watch]] needs at least one entry in paths",
+            "a [[watch]] needs at least one entry in paths or endpoints",
         );
     }
+    let endpoints = w
+        .endpoints
+        .iter()
+        .filter_map(|e| super::verify::entry(e, &key("endpoints"), ctx))
+        .collect();
     let paths = w
         .paths
         .iter()
@@ -86,6 +91,7 @@ fn one_watch(
     WatchConfig {
         name,
         paths,
+        endpoints,
         warn_before,
         loc: ctx.loc(&sw.span()),
     }

@@ -103,6 +103,19 @@ struct Daemon {
     debounce: Option<Instant>,
 }
 
+/// Probes the watched endpoints (`[[watch]] endpoints`) at start and then every
+/// [`pass::VERIFY_EVERY`], with the config in force at each round; `/metrics` and `status`
+/// read what they served from the state directory.
+fn spawn_watch_probes(shared: SharedConfig, clock: SharedClock) {
+    tokio::spawn(async move {
+        loop {
+            let cfg = shared.read().expect("config lock").clone();
+            crate::watched::probe_endpoints(&cfg, clock.now()).await;
+            tokio::time::sleep(crate::fault::scaled(pass::VERIFY_EVERY)).await;
+        }
+    });
+}
+
 /// Runs the daemon until `shutdown` resolves. `cfg` was loaded from `config_path`, which is
 /// re-read on SIGHUP or when it changes. `clock` is where "now" comes from.
 pub async fn run(
@@ -159,6 +172,7 @@ impl Daemon {
         if let Some(addr) = cfg.metrics_listen {
             server::serve_metrics(addr, shared.clone(), clock.clone()).await?;
         }
+        spawn_watch_probes(shared.clone(), clock.clone());
         let runner = Runner::new(
             cfg.clone(),
             state.clone(),

@@ -298,6 +298,7 @@ mod tests {
             serial: "01".into(),
             spki_sha256: "00".into(),
             not_after: time::OffsetDateTime::UNIX_EPOCH,
+            not_before: time::OffsetDateTime::UNIX_EPOCH,
         };
         for p in [Patience::Once, Patience::UntilTimeout] {
             let r = verify_all(&c, &c.verify, &want, p).await;

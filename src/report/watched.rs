@@ -62,7 +62,7 @@ pub fn watch_row(w: &Watched, now: OffsetDateTime) -> WatchRow {
 pub fn watched(cfg: &Config, now: OffsetDateTime) -> Vec<WatchRow> {
     cfg.watches
         .iter()
-        .flat_map(watched::look)
+        .flat_map(|w| watched::look(w, &cfg.state_dir))
         .map(|w| watch_row(&w, now))
         .collect()
 }
