@@ -51,6 +51,7 @@ struct Families {
     state: Family<Labels, Gauge>,
     renewals: Family<Labels, Counter>,
     hook_failures: Family<Labels, Counter>,
+    consecutive_failures: Family<Labels, Gauge>,
     endpoint_current: Family<Labels, Gauge>,
     endpoint_not_after: Family<Labels, Gauge>,
 }
@@ -91,6 +92,9 @@ impl Families {
             self.renewals.get_or_create(&rl).inc_by(n);
         }
         self.hook_failures.get_or_create(&l).inc_by(r.hook_failures);
+        self.consecutive_failures
+            .get_or_create(&l)
+            .set(i64::from(r.failures));
         self.add_endpoints(r);
     }
 
@@ -155,6 +159,11 @@ impl Families {
             "certificate_hook_failures",
             "Failed reload hook runs",
             self.hook_failures,
+        );
+        reg.register(
+            "certificate_consecutive_failures",
+            "Renewal attempts that failed in a row (0 after a success): the alert rules fire from 2",
+            self.consecutive_failures,
         );
         reg.register(
             "endpoint_serves_current",
