@@ -45,6 +45,7 @@ macro_rules! cert_options {
             pub(super) reload_signal: Option<Spanned<RawReloadSignal>>,
             pub(super) layout: Option<Spanned<Layout>>,
             pub(super) max_orders_per_cert: Option<Spanned<u32>>,
+            pub(super) warn_before: Option<Spanned<Parsed<RenewBefore>>>,
         }
     };
 }
@@ -108,4 +109,17 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "cert")]
     pub(super) certs: Vec<Spanned<RawCert>>,
     pub(super) strict_modes: Option<Spanned<bool>>,
+    pub(super) notify: Option<Spanned<RawNotify>>,
+}
+
+/// The `[notify]` section, before the webhook URL and the hooks are checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    #[serde(default)]
+    pub(super) hooks: Vec<Vec<String>>,
+    pub(super) webhook: Option<Spanned<String>>,
+    pub(super) ca_bundle: Option<Spanned<PathBuf>>,
+    pub(super) timeout: Option<Spanned<Parsed<HumanDuration>>>,
+    pub(super) remind_every: Option<Spanned<Parsed<HumanDuration>>>,
 }

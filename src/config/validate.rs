@@ -37,6 +37,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         defaults,
         certs,
         strict_modes,
+        notify,
     } = raw;
     let mut locs = BTreeMap::new();
     let state_dir = match &state_dir {
@@ -51,6 +52,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let certs = cert_sections(&certs, &defaults, ctx);
     ctx.errors
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
+    let notify = notify.map(|n| super::notify::notify_section(n, ctx, &mut locs));
     let strict_modes = strict_modes.as_ref().is_some_and(|s| {
         locs.insert("strict_modes".into(), ctx.loc(&s.span()));
         *s.get_ref()
@@ -63,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         certs,
         metrics_listen,
         locs,
+        notify,
     }
 }
 
@@ -323,6 +326,8 @@ fn one_cert(
         super::limits::max_orders_per_cert(max_orders, s.key("max_orders_per_cert"), &s.span, ctx);
     let reload = reload_hooks(&mut s, ctx);
     let challenge = challenge(&mut s, ctx);
+    let warn = pick!(s, ctx, warn_before);
+    let warn_before = super::notify::warn_before(warn, renew_before, s.key("warn_before"), ctx);
     CertConfig {
         name: s.name,
         domains: c.domains.get_ref().clone(),
@@ -343,6 +348,7 @@ fn one_cert(
         reload_signal,
         layout,
         max_orders_per_cert,
+        warn_before,
         locs: s.locs,
     }
 }
