@@ -32,8 +32,8 @@ use std::time::Duration;
 use crate::fileset::FileSet;
 use serde::Deserialize;
 
-pub use notify::effective_warn;
 pub use alias::{canonical_file, normalize_lexically, path_alias_errors};
+pub use notify::effective_warn;
 pub use parse::{KeyType, Mode, OrderLimit, RenewBefore, parse_duration, parse_signal};
 
 /// Where the config is read from when neither `--config` nor `CERTKEEPER_CONFIG` is given.

@@ -62,9 +62,9 @@ pub(super) fn notify_section(
 /// A webhook URL must be `http://` or `https://` with a host. The message never repeats
 /// the URL: Slack's and Teams' URLs are themselves the secret.
 fn check_webhook(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| "is not a URL such as \"https://hooks.example.com/T000/B000\" (value not shown)".to_string())?;
+    let uri: http::Uri = url.parse().map_err(|_| {
+        "is not a URL such as \"https://hooks.example.com/T000/B000\" (value not shown)".to_string()
+    })?;
     match uri.scheme_str() {
         Some("https" | "http") => {}
         Some(other) => {
