@@ -14,6 +14,7 @@
 
 mod alias;
 mod limits;
+mod notify;
 mod parse;
 mod raw;
 mod span;
@@ -34,6 +35,7 @@ use crate::fileset::FileSet;
 use serde::Deserialize;
 
 pub use alias::{canonical_file, normalize_lexically, path_alias_errors};
+pub use notify::effective_warn;
 pub use parse::{
     KeyType, Mode, OrderLimit, RenewBefore, parse_duration, parse_endpoint, parse_signal,
 };
@@ -295,6 +297,9 @@ pub struct CertConfig {
     /// How long verifying after an install may retry (`verify_timeout`); also the bound
     /// of one probe.
     pub verify_timeout: Duration,
+    /// When an `expiring` notification goes out (`warn_before`): checked at load to lie
+    /// after the renewal point, so a warning means renewal has already had its chance.
+    pub warn_before: RenewBefore,
     /// Where each key of this certificate was written, for pointing errors at lines.
     pub locs: BTreeMap<String, Loc>,
 }
@@ -330,6 +335,8 @@ pub struct Config {
     pub strict_modes: bool,
     /// Certificates certkeeper watches but never orders or writes (`[[watch]]`).
     pub watches: Vec<WatchConfig>,
+    /// Where alerts go (`[notify]`); `None` costs nothing at run time.
+    pub notify: Option<NotifyConfig>,
 }
 
 /// A certificate from a private PKI or a vendor that no ACME agent renews: certkeeper
@@ -351,6 +358,29 @@ pub struct WatchConfig {
 /// Default `warn_before` of a watched certificate: a sixth of its lifetime (a week of a
 /// 45-day certificate, two months of a one-year one).
 pub const DEFAULT_WATCH_WARN_BEFORE: RenewBefore = RenewBefore::Fraction(1.0 / 6.0);
+
+/// `[notify]`: the channels that tell a person a certificate is in trouble, because an
+/// exit code in a journal is read by nobody.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// argv lists run with the event JSON on stdin (reload hooks' environment).
+    pub hooks: Vec<Vec<String>>,
+    /// An http(s) URL that gets a JSON POST with a `text` field (Slack, Mattermost, Teams).
+    pub webhook: Option<String>,
+    /// Extra trusted roots for the webhook's HTTPS (a private receiver).
+    pub ca_bundle: Option<PathBuf>,
+    /// Bound on each delivery (one hook run, one webhook request with its answer).
+    pub timeout: Duration,
+    /// A problem that lasts is notified again this often.
+    pub remind_every: Duration,
+}
+
+/// Default for `notify.timeout`.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `notify.remind_every`: daily, as the issue asks.
+pub const DEFAULT_REMIND_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// Default `warn_before`: 1/6 of the lifetime (half of the default renewal threshold).
+pub const DEFAULT_WARN_BEFORE: RenewBefore = RenewBefore::Fraction(1.0 / 6.0);
 
 /// Default location of `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";

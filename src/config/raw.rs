@@ -46,6 +46,7 @@ macro_rules! cert_options {
             pub(super) layout: Option<Spanned<Layout>>,
             pub(super) max_orders_per_cert: Option<Spanned<u32>>,
             pub(super) verify_timeout: Option<Spanned<Parsed<HumanDuration>>>,
+            pub(super) warn_before: Option<Spanned<Parsed<RenewBefore>>>,
         }
     };
 }
@@ -114,6 +115,7 @@ pub(super) struct RawConfig {
     pub(super) strict_modes: Option<Spanned<bool>>,
     #[serde(default, rename = "watch")]
     pub(super) watches: Vec<Spanned<RawWatch>>,
+    pub(super) notify: Option<Spanned<RawNotify>>,
 }
 
 /// One `[[watch]]` section: a certificate certkeeper does not issue.
@@ -126,4 +128,16 @@ pub(super) struct RawWatch {
     #[serde(default)]
     pub(super) endpoints: Vec<Spanned<toml::Value>>,
     pub(super) warn_before: Option<Spanned<Parsed<RenewBefore>>>,
+}
+
+/// The `[notify]` section, before the webhook URL and the hooks are checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    #[serde(default)]
+    pub(super) hooks: Vec<Vec<String>>,
+    pub(super) webhook: Option<Spanned<String>>,
+    pub(super) ca_bundle: Option<Spanned<PathBuf>>,
+    pub(super) timeout: Option<Spanned<Parsed<HumanDuration>>>,
+    pub(super) remind_every: Option<Spanned<Parsed<HumanDuration>>>,
 }

@@ -38,6 +38,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         certs,
         strict_modes,
         watches,
+        notify,
     } = raw;
     let mut locs = BTreeMap::new();
     let state_dir = match &state_dir {
@@ -53,6 +54,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     ctx.errors
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
     let watches = super::watch::watch_sections(&watches, &certs, ctx);
+    let notify = notify.map(|n| super::notify::notify_section(n, ctx, &mut locs));
     let strict_modes = strict_modes.as_ref().is_some_and(|s| {
         locs.insert("strict_modes".into(), ctx.loc(&s.span()));
         *s.get_ref()
@@ -66,6 +68,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         metrics_listen,
         locs,
         watches,
+        notify,
     }
 }
 
@@ -327,6 +330,8 @@ fn one_cert(
     let reload = reload_hooks(&mut s, ctx);
     let challenge = challenge(&mut s, ctx);
     let (verify, verify_timeout) = super::verify::section(&mut s.locs, &s.name, c, d, ctx);
+    let warn = pick!(s, ctx, warn_before);
+    let warn_before = super::notify::warn_before(warn, renew_before, s.key("warn_before"), ctx);
     CertConfig {
         name: s.name,
         domains: c.domains.get_ref().clone(),
@@ -349,6 +354,7 @@ fn one_cert(
         max_orders_per_cert,
         verify,
         verify_timeout,
+        warn_before,
         locs: s.locs,
     }
 }
