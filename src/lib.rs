@@ -26,6 +26,7 @@
 //! - [`timefmt`]: how times and durations are shown (RFC 3339, `2d3h`).
 
 pub mod acme;
+pub mod alert;
 pub mod budget;
 pub mod challenge;
 pub mod check;

@@ -243,6 +243,15 @@ fn renew(
     let result = rt.block_on(pass::renew(cfg.clone(), opts, clock.clone()));
     // Watched endpoints are probed after the pass, so a slow one never delays a renewal.
     rt.block_on(certkeeper::watched::probe_endpoints(&cfg, clock.now()));
+    if let Ok(outcomes) = &result {
+        let names: Vec<String> = outcomes.iter().map(|o| o.name.clone()).collect();
+        rt.block_on(certkeeper::alert::after_pass(
+            &cfg,
+            &names,
+            true,
+            clock.now(),
+        ));
+    }
     if let Some(mf) = &metrics_file {
         let rows = report::status(&cfg, clock.now());
         if let Err(e) =

@@ -104,13 +104,15 @@ struct Daemon {
 }
 
 /// Probes the watched endpoints (`[[watch]] endpoints`) at start and then every
-/// [`pass::VERIFY_EVERY`], with the config in force at each round; `/metrics` and `status`
-/// read what they served from the state directory.
+/// [`pass::VERIFY_EVERY`], with the config in force at each round, and notifies watched
+/// certificates entering `warn_before`; `/metrics` and `status` read what they served
+/// from the state directory.
 fn spawn_watch_probes(shared: SharedConfig, clock: SharedClock) {
     tokio::spawn(async move {
         loop {
             let cfg = shared.read().expect("config lock").clone();
             crate::watched::probe_endpoints(&cfg, clock.now()).await;
+            crate::alert::after_pass(&cfg, &[], true, clock.now()).await;
             tokio::time::sleep(crate::fault::scaled(pass::VERIFY_EVERY)).await;
         }
     });
@@ -249,6 +251,13 @@ impl Daemon {
         };
         self.task_names.remove(&id);
         self.busy.remove(&name);
+        if self.runner.cfg.notify.is_some() {
+            // Off the loop: a receiver that hangs (bounded by notify.timeout) delays nothing.
+            let (cfg, clock, n) = (self.runner.cfg.clone(), self.clock.clone(), name.clone());
+            tokio::spawn(
+                async move { crate::alert::after_pass(&cfg, &[n], false, clock.now()).await },
+            );
+        }
         if res.installed && self.watch.dirs.len() < self.watch.map.watch_dirs().len() {
             // A directory that did not exist at start-up may exist now.
             self.watch.update(&self.runner.cfg, &self.config_path);
