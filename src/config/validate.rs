@@ -48,7 +48,9 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     };
     let metrics_listen = metrics_listen_addr(metrics_listen.as_ref(), ctx, &mut locs);
     let acme = acme_section(acme, ctx, &mut locs);
-    let certs = cert_sections(&certs, &defaults, ctx);
+    let mut certs_v = cert_sections(&certs, &defaults, ctx);
+    super::fallback::cert_lists(&certs, &mut certs_v, &acme, ctx);
+    let certs = certs_v;
     ctx.errors
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
     let strict_modes = strict_modes.as_ref().is_some_and(|s| {
@@ -109,18 +111,21 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
         ctx.path(b.get_ref())
     });
     let (max_new_orders, replaces_exempt) = super::limits::acme_limits(&acme_raw, ctx, locs);
-    let eab = eab(acme_raw.eab_kid, acme_raw.eab_hmac_key, ctx);
+    let eab = eab(acme_raw.eab_kid.clone(), acme_raw.eab_hmac_key.clone(), ctx);
+    let fallback_rule = super::fallback::rule(&acme_raw, ctx);
     let (request_timeout, order_timeout) = acme_timeouts(
         acme_raw.request_timeout.as_ref(),
         acme_raw.order_timeout.as_ref(),
         &acme_span,
         ctx,
     );
-    AcmeConfig {
+    let mut acme = AcmeConfig {
         directory,
         contact: acme_raw.contact,
         ca_bundle,
         eab,
+        fallback: Vec::new(),
+        fallback_rule,
         max_new_orders,
         replaces_exempt,
         request_timeout,
@@ -130,11 +135,20 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
             Some(0) => tokio::sync::Semaphore::MAX_PERMITS,
             Some(n) => (n as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
         },
-    }
+    };
+    let primary = acme.primary();
+    acme.fallback = super::fallback::acme_list(acme_raw.fallback.as_ref(), &primary, ctx);
+    acme
 }
 
 /// `acme.directory`: an https URL or one of the known aliases.
 fn acme_directory(raw: &Spanned<String>, ctx: &mut Ctx<'_>) -> String {
+    directory_at(raw, "acme.directory", ctx)
+}
+
+/// A CA directory at `key` (`acme.directory` or a fallback's): an https URL or one of
+/// the known aliases.
+pub(super) fn directory_at(raw: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> String {
     let dir = raw.get_ref().trim().to_string();
     match dir.as_str() {
         "letsencrypt" => LETSENCRYPT.to_string(),
@@ -144,7 +158,7 @@ fn acme_directory(raw: &Spanned<String>, ctx: &mut Ctx<'_>) -> String {
         d => {
             ctx.err(
                 &raw.span(),
-                "acme.directory",
+                key,
                 format!(
                     "{d:?} is not an https:// URL nor one of the aliases letsencrypt, letsencrypt-staging, zerossl"
                 ),
@@ -160,6 +174,16 @@ fn eab(
     key: Option<Spanned<Secret>>,
     ctx: &mut Ctx<'_>,
 ) -> Option<Eab> {
+    eab_at(kid, key, "acme", ctx)
+}
+
+/// `<at>.eab_kid` + `<at>.eab_hmac_key` (`[acme]` or a fallback entry): both or neither.
+pub(super) fn eab_at(
+    kid: Option<Spanned<String>>,
+    key: Option<Spanned<Secret>>,
+    at: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<Eab> {
     match (kid, key) {
         (None, None) => None,
         (Some(kid), Some(key)) => {
@@ -171,7 +195,7 @@ fn eab(
             {
                 ctx.err(
                     &key.span(),
-                    "acme.eab_hmac_key",
+                    format!("{at}.eab_hmac_key"),
                     "is not base64url (as the CA hands it out); value not shown",
                 );
             }
@@ -183,7 +207,7 @@ fn eab(
         (Some(kid), None) => {
             ctx.err(
                 &kid.span(),
-                "acme.eab_kid",
+                format!("{at}.eab_kid"),
                 "eab_kid is set but eab_hmac_key is missing",
             );
             None
@@ -191,7 +215,7 @@ fn eab(
         (None, Some(key)) => {
             ctx.err(
                 &key.span(),
-                "acme.eab_hmac_key",
+                format!("{at}.eab_hmac_key"),
                 "eab_hmac_key is set but eab_kid is missing",
             );
             None
@@ -343,6 +367,7 @@ fn one_cert(
         reload_signal,
         layout,
         max_orders_per_cert,
+        fallback: None,
         locs: s.locs,
     }
 }
