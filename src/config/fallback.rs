@@ -104,7 +104,10 @@ fn list(raw: &RawList, key: &str, primary: &CaConfig, ctx: &mut Ctx<'_>) -> Vec<
 /// another server).
 fn entry(raw: &RawCa, key: &str, primary: &CaConfig, ctx: &mut Ctx<'_>) -> CaConfig {
     let directory = directory_at(&raw.directory, &format!("{key}.directory"), ctx);
-    let contact = raw.contact.clone().unwrap_or_else(|| primary.contact.clone());
+    let contact = raw
+        .contact
+        .clone()
+        .unwrap_or_else(|| primary.contact.clone());
     for c in &contact {
         if !c.starts_with("mailto:") {
             ctx.err(
@@ -115,7 +118,11 @@ fn entry(raw: &RawCa, key: &str, primary: &CaConfig, ctx: &mut Ctx<'_>) -> CaCon
         }
     }
     let eab = eab_at(raw.eab_kid.clone(), raw.eab_hmac_key.clone(), key, ctx);
-    if let Some(p) = raw.profile.as_ref().filter(|p| p.get_ref().trim().is_empty()) {
+    if let Some(p) = raw
+        .profile
+        .as_ref()
+        .filter(|p| p.get_ref().trim().is_empty())
+    {
         ctx.err(&p.span(), format!("{key}.profile"), "must not be empty");
     }
     CaConfig {

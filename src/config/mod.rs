@@ -231,7 +231,13 @@ impl AcmeConfig {
     /// `fallback` list if it has one, else `[acme] fallback`.
     pub fn cas_for(&self, cert: &CertConfig) -> Vec<CaConfig> {
         let mut cas = vec![self.primary()];
-        cas.extend(cert.fallback.as_ref().unwrap_or(&self.fallback).iter().cloned());
+        cas.extend(
+            cert.fallback
+                .as_ref()
+                .unwrap_or(&self.fallback)
+                .iter()
+                .cloned(),
+        );
         cas
     }
 
