@@ -243,8 +243,8 @@ impl AcmeConfig {
 
     /// This config with `ca` as its CA and the run-wide limits kept: what connecting to
     /// one CA of a certificate's list takes.
-    pub fn at(&self, ca: &CaConfig) -> AcmeConfig {
-        AcmeConfig {
+    pub fn at(&self, ca: &CaConfig) -> Self {
+        Self {
             directory: ca.directory.clone(),
             contact: ca.contact.clone(),
             ca_bundle: ca.ca_bundle.clone(),
