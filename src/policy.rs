@@ -10,7 +10,7 @@ use rand::Rng;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::config::RenewBefore;
+use crate::config::{FallbackRule, RenewBefore};
 use crate::inventory::{CertInfo, OnDisk};
 use crate::timefmt::{format_duration, rfc3339};
 
@@ -433,25 +433,6 @@ impl rand::RngCore for JitterRng {
     }
 }
 
-/// When a certificate leaves its current CA for the next one in its list (`[acme]
-/// fallback`): a CA that is down or refuses must not take the certificate down with it,
-/// but one passing glitch must not move it either.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FallbackRule {
-    /// `fallback_after_failures`: consecutive failures at one CA that move the next
-    /// attempt on (at least 1).
-    pub after_failures: u32,
-    /// `fallback_before`: with less than this left of the installed certificate, the
-    /// first failure already moves the next attempt on.
-    pub before: RenewBefore,
-}
-
-/// Default for `fallback_before`: a quarter of the lifetime, below the default renewal
-/// point (a third), so a certificate first gets some attempts at its own CA.
-pub const DEFAULT_FALLBACK_BEFORE: RenewBefore = RenewBefore::Fraction(0.25);
-/// Default for `fallback_after_failures`.
-pub const DEFAULT_FALLBACK_AFTER_FAILURES: u32 = 3;
-
 /// The CA (an index into primary + fallbacks, `cas` of them) the next attempt goes to,
 /// after an attempt at `current` failed for the `failures_at_current`-th time in a row.
 /// The list wraps: after the last fallback comes the primary again, since the CA that was
@@ -756,7 +737,7 @@ mod tests {
         let t0 = OffsetDateTime::UNIX_EPOCH + Duration::days(1000);
         let rule = FallbackRule {
             after_failures: 3,
-            before: DEFAULT_FALLBACK_BEFORE,
+            before: crate::config::DEFAULT_FALLBACK_BEFORE,
         };
         let info = cert_lasting(t0, 90);
         let fresh = t0 + Duration::days(60); // 30 of 90 days left: above 1/4

@@ -11,8 +11,10 @@ use super::parse::Parsed;
 use super::raw::{RawAcme, RawCa, RawCert};
 use super::span::Ctx;
 use super::validate::{directory_at, eab_at};
-use super::{AcmeConfig, CaConfig, CertConfig};
-use crate::policy::{DEFAULT_FALLBACK_AFTER_FAILURES, DEFAULT_FALLBACK_BEFORE, FallbackRule};
+use super::{
+    AcmeConfig, CaConfig, CertConfig, DEFAULT_FALLBACK_AFTER_FAILURES, DEFAULT_FALLBACK_BEFORE,
+    FallbackRule,
+};
 
 /// A `fallback` list as written.
 type RawList = Spanned<Vec<Spanned<RawCa>>>;

@@ -195,8 +195,27 @@ pub struct AcmeConfig {
     /// so an outage of one CA does not let certificates expire.
     pub fallback: Vec<CaConfig>,
     /// `fallback_after_failures` and `fallback_before`: when a certificate moves on.
-    pub fallback_rule: crate::policy::FallbackRule,
+    pub fallback_rule: FallbackRule,
 }
+
+/// When a certificate leaves its current CA for the next one in its list (`[acme]
+/// fallback`): a CA that is down or refuses must not take the certificate down with it,
+/// but one passing glitch must not move it either.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FallbackRule {
+    /// `fallback_after_failures`: consecutive failures at one CA that move the next
+    /// attempt on (at least 1).
+    pub after_failures: u32,
+    /// `fallback_before`: with less than this left of the installed certificate, the
+    /// first failure already moves the next attempt on.
+    pub before: RenewBefore,
+}
+
+/// Default for `fallback_before`: a quarter of the lifetime, below the default renewal
+/// point (a third), so a certificate first gets some attempts at its own CA.
+pub const DEFAULT_FALLBACK_BEFORE: RenewBefore = RenewBefore::Fraction(0.25);
+/// Default for `fallback_after_failures`.
+pub const DEFAULT_FALLBACK_AFTER_FAILURES: u32 = 3;
 
 /// One CA a certificate can be ordered from: the primary (`[acme]`) or a `fallback`
 /// entry. Each has its own account, trust, EAB and profile, since CAs share none of them.
