@@ -54,6 +54,12 @@ pub(super) fn mark_installed(rec: &mut CertRecord, now: OffsetDateTime, serial: 
     rec.damaged_since_install = false;
     rec.deferred_until = None;
     crate::budget::note_issued(&mut rec.issued_at, now);
+    // The order went to the CA `rec.ca` names (the reservation was saved with it, so a
+    // rolled-forward install knows it too); the next renewal starts at the primary again.
+    rec.issuer = rec.ca.take();
+    rec.ca_failures = 0;
+    rec.fallback_from = None;
+    rec.fallback_at = None;
 }
 
 /// Records an error and its class without touching the ladder (conflicts, preflight).
