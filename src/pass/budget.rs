@@ -19,6 +19,13 @@ pub(super) fn sends_replaces(ca: &CaRecord, has_cert: bool) -> bool {
     ca.ari_supported == Some(true) && !ca.replaces_unsupported && has_cert
 }
 
+/// Whether `replaces` may go to the CA at `directory`: only the CA that issued the
+/// installed certificate (`issuer`; `None` is the primary) knows the certificate, and
+/// another CA would reject the order or ignore the field.
+pub(super) fn replaces_goes_to(issuer: Option<&str>, primary: &str, directory: &str) -> bool {
+    issuer.unwrap_or(primary) == directory
+}
+
 impl Runner {
     /// The breaker's refusal, if it is open for this certificate: logged at ERROR, the
     /// run exits 1, but the retry ladder is untouched. `--force` does not override it:

@@ -271,10 +271,14 @@ impl Runner {
         csr: &[u8],
     ) -> Result<String, PassError> {
         let ca = self.state.load_ca(acme.directory())?;
-        let issuer = rec.issuer.as_deref().unwrap_or(&self.cfg.acme.directory);
+        let to_issuer = super::budget::replaces_goes_to(
+            rec.issuer.as_deref(),
+            &self.cfg.acme.directory,
+            acme.directory(),
+        );
         let replaces = disk
             .info()
-            .filter(|_| issuer == acme.directory())
+            .filter(|_| to_issuer)
             .filter(|_| super::budget::sends_replaces(&ca, true))
             .map(|info| info.leaf_der.as_slice());
         let req = OrderRequest {
