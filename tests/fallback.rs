@@ -212,3 +212,39 @@ fn under_fallback_before_the_first_failure_moves_the_certificate() {
         "{st}"
     );
 }
+
+/// `check` looks at each fallback's `ca_bundle` too (a fallback is used only when the
+/// primary fails: the worst moment to find its bundle missing) and names the fallbacks
+/// in its OK line.
+#[test]
+fn check_reads_fallback_bundles_and_names_the_fallbacks() {
+    let mut env = TestEnv::new();
+    let missing = env.path("no-such-bundle.pem");
+    env.acme_extra = format!(
+        "fallback = [{{ directory = \"https://127.0.0.1:1/fallback\", ca_bundle = {} }}]\n",
+        toml_str(&missing)
+    );
+    let body = format!(
+        "{}\n{}",
+        env.defaults_http01(""),
+        env.cert_block("a", &["a.example"], "")
+    );
+    let cfg = env.write_config(&body);
+    let out = env.run(&cfg, &["check"]);
+    assert_ne!(
+        out.code, 0,
+        "a missing fallback bundle passed check:\n{out}"
+    );
+    assert!(
+        out.all().contains("acme.fallback[0].ca_bundle"),
+        "the problem does not name the key:\n{out}"
+    );
+
+    std::fs::copy(env.ca_bundle(), &missing).unwrap();
+    let out = env.run(&cfg, &["check"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains("fallback https://127.0.0.1:1/fallback"),
+        "{out}"
+    );
+}

@@ -137,6 +137,9 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
         },
     };
     let primary = acme.primary();
+    if let Some(l) = &acme_raw.fallback {
+        locs.insert("acme.fallback".into(), ctx.loc(&l.span()));
+    }
     acme.fallback = super::fallback::acme_list(acme_raw.fallback.as_ref(), &primary, ctx);
     acme
 }
