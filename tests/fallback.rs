@@ -33,10 +33,11 @@ impl TwoCas {
         }
     }
 
-    /// A config with one certificate `a` and these `[acme]` fallback settings.
-    fn config(&mut self, acme_lines: &str) -> std::path::PathBuf {
+    /// A config with one certificate `a`, these `[acme]` fallback settings and these
+    /// extra keys (`, key = value`) in the fallback's entry.
+    fn config(&mut self, acme_lines: &str, entry_extra: &str) -> std::path::PathBuf {
         self.env.acme_extra = format!(
-            "request_timeout = \"3s\"\norder_timeout = \"30s\"\n{acme_lines}\nfallback = [{{ directory = {}, ca_bundle = {} }}]\n",
+            "request_timeout = \"3s\"\norder_timeout = \"30s\"\n{acme_lines}\nfallback = [{{ directory = {}, ca_bundle = {}{entry_extra} }}]\n",
             toml_str(self.fallback.directory_url()),
             toml_str(&self.fallback.ca_pem),
         );
@@ -95,7 +96,7 @@ fn field(v: &Value, key: &str) -> Option<String> {
 #[test]
 fn after_failures_the_fallback_issues_and_the_next_renewal_returns_to_the_primary() {
     let mut t = TwoCas::start();
-    let cfg = t.config("fallback_after_failures = 2");
+    let cfg = t.config("fallback_after_failures = 2", "");
     let (cert, _key) = t.env.cert_paths("a");
     let primary_dir = t.primary().directory_url();
     let fallback_dir = t.fallback.directory_url();
@@ -174,11 +175,15 @@ fn after_failures_the_fallback_issues_and_the_next_renewal_returns_to_the_primar
 
 /// `fallback_before = "2h"` with one-hour certificates: the remaining lifetime is under
 /// it, so the first failure already moves the next attempt to the fallback, although
-/// `fallback_after_failures` is far off.
+/// `fallback_after_failures` is far off. The fallback's profile, which it does not
+/// offer, is left out with a WARN.
 #[test]
 fn under_fallback_before_the_first_failure_moves_the_certificate() {
     let mut t = TwoCas::start();
-    let cfg = t.config("fallback_after_failures = 10\nfallback_before = \"2h\"");
+    let cfg = t.config(
+        "fallback_after_failures = 10\nfallback_before = \"2h\"",
+        ", profile = \"shortlived\"",
+    );
     let (cert, _key) = t.env.cert_paths("a");
     let fallback_dir = t.fallback.directory_url();
 
@@ -198,8 +203,14 @@ fn under_fallback_before_the_first_failure_moves_the_certificate() {
         "{st}"
     );
 
+    // The entry's profile is not offered by the fallback (Pebble 2.4 lists none): a WARN
+    // and an order without it, not a refusal.
     let out = t.env.run(&cfg, &["renew", "--force"]);
     assert_eq!(out.code, 0, "renewal at the fallback failed:\n{out}");
+    assert!(
+        out.all().contains("does not offer profile \"shortlived\""),
+        "no WARN about the profile:\n{out}"
+    );
     eprintln!(
         "FIGURE first failure to issuance at the fallback (fallback_before, 2 runs): {:.1}s",
         t0.elapsed().as_secs_f64()

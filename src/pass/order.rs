@@ -226,7 +226,10 @@ impl Runner {
         let acme = self.acme_at(&ca).await?;
         let (key, csr) = new_key(cert).await?;
         self.spend_budget(disk, acme.directory()).await?;
-        let chain = self.order_chain(&acme, &ca, cert, disk, rec, &csr).await?;
+        let at_ca = at_fallback(cert, &ca, &acme, rec.ca.is_some());
+        let chain = self
+            .order_chain(&acme, &ca, &at_ca, disk, rec, &csr)
+            .await?;
         let (info, set) = verified_set(cert, key.serialize_pem(), chain, self.now())?;
         let fingerprint = set_fingerprint(cert, &set);
         // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
@@ -319,6 +322,28 @@ impl Runner {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The certificate as ordered from this CA. At a fallback, the profile is the entry's
+/// own, else the certificate's, and is left out (with a WARN) when the fallback's
+/// directory does not list it: the fallback is there to get a certificate at all. The
+/// primary keeps the certificate's profile, and refuses one it does not offer.
+fn at_fallback(cert: &CertConfig, ca: &CaConfig, acme: &Acme, is_fallback: bool) -> CertConfig {
+    let mut c = cert.clone();
+    if !is_fallback {
+        return c;
+    }
+    c.profile = ca.profile.clone().or_else(|| cert.profile.clone());
+    if let Some(p) = c.profile.as_deref()
+        && !acme.offers_profile(p)
+    {
+        warn!(
+            directory = %ca.directory,
+            "the fallback CA does not offer profile {p:?}; ordering without a profile"
+        );
+        c.profile = None;
+    }
+    c
 }
 
 /// A new key and its CSR. Key generation is CPU-heavy (RSA-4096 takes seconds): off the
