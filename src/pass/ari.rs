@@ -44,7 +44,9 @@ impl Runner {
             return cached;
         }
         // ARI goes to the CA that issued the installed certificate, not to the primary.
-        let issuer = self.ca_by_directory(cert, rec.issuer.as_deref())?;
+        let Some(issuer) = self.ca_by_directory(cert, rec.issuer.as_deref()) else {
+            return cached;
+        };
         if self.ca_known_unreachable(&issuer.directory) {
             return cached;
         }
