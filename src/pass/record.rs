@@ -151,6 +151,27 @@ mod tests {
     use super::*;
     use crate::inventory::CertInfo;
 
+    /// An install at a fallback records that CA as the issuer and sends the next
+    /// renewal back to the primary; an install at the primary records no issuer.
+    #[test]
+    fn an_install_records_the_issuer_and_returns_to_the_primary() {
+        let now = OffsetDateTime::now_utc();
+        let mut rec = CertRecord {
+            ca: Some("https://fallback/dir".into()),
+            ca_failures: 1,
+            fallback_from: Some("https://primary/dir".into()),
+            fallback_at: Some(now),
+            ..Default::default()
+        };
+        mark_installed(&mut rec, now, Some("01"));
+        assert_eq!(rec.issuer.as_deref(), Some("https://fallback/dir"));
+        assert_eq!(rec.ca, None);
+        assert_eq!(rec.ca_failures, 0);
+        assert_eq!((rec.fallback_from, rec.fallback_at), (None, None));
+        mark_installed(&mut rec, now, Some("02"));
+        assert_eq!(rec.issuer, None);
+    }
+
     fn info(serial: &str) -> CertInfo {
         CertInfo {
             not_before: OffsetDateTime::UNIX_EPOCH,
