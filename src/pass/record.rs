@@ -167,7 +167,10 @@ mod tests {
         assert_eq!(rec.issuer.as_deref(), Some("https://fallback/dir"));
         assert_eq!(rec.ca, None);
         assert_eq!(rec.ca_failures, 0);
-        assert_eq!((rec.fallback_from, rec.fallback_at), (None, None));
+        assert_eq!(
+            (rec.fallback_from.as_deref(), rec.fallback_at),
+            (None, None)
+        );
         mark_installed(&mut rec, now, Some("02"));
         assert_eq!(rec.issuer, None);
     }
