@@ -34,7 +34,7 @@ const WEBHOOK_ANSWER_LIMIT: usize = 64 * 1024;
 pub struct Problem {
     /// Unique per certificate; what "the same problem" means.
     pub key: String,
-    /// `renewal_failed`, `not_served`, `expiring`, `hook_failed`.
+    /// `renewal_failed`, `not_served`, `expiring`, `hook_failed`, `ca_fallback`.
     pub event: &'static str,
     /// What is wrong, with the certificate's name.
     pub message: String,
@@ -185,6 +185,14 @@ pub fn cert_problems(cert: &CertConfig, f: &Facts) -> Vec<Problem> {
             "hook_failed",
             format!("{}: {why}", cert.name),
         ));
+    }
+    if let Some(from) = &rec.fallback_from {
+        let to = rec.ca.as_deref().unwrap_or("the primary CA");
+        let msg = format!(
+            "{}: renewal kept failing at {from}; the next orders go to {to} (back to the primary after a success)",
+            cert.name
+        );
+        out.push(p("ca_fallback", "ca_fallback", msg));
     }
     out.extend(expiring(cert, f));
     out

@@ -117,6 +117,11 @@ pub fn paths(cfg: &Config) -> Vec<ConfigError> {
     {
         found.push(found.top("acme.ca_bundle"), "acme.ca_bundle".into(), e);
     }
+    for (key, loc, b) in fallback_bundles(cfg) {
+        if let Err(e) = ca_bundle_usable(b) {
+            found.push(loc, key, e);
+        }
+    }
     for c in &cfg.certs {
         cert_paths(c, &mut found);
     }
@@ -127,6 +132,29 @@ pub fn paths(cfg: &Config) -> Vec<ConfigError> {
         &cfg.path,
         &mut HashMap::new(),
     ));
+    out
+}
+
+/// The `ca_bundle` of every fallback CA (`[acme] fallback` and each certificate's own
+/// list), with its key and the list's location: a fallback is only tried when the primary
+/// fails, which is the worst moment to learn its bundle is unreadable.
+fn fallback_bundles(cfg: &Config) -> Vec<(String, Loc, &Path)> {
+    let mut out = Vec::new();
+    let top = cfg.locs.get("acme.fallback").copied().unwrap_or_default();
+    for (i, ca) in cfg.acme.fallback.iter().enumerate() {
+        if let Some(b) = &ca.ca_bundle {
+            out.push((format!("acme.fallback[{i}].ca_bundle"), top, b.as_path()));
+        }
+    }
+    for c in &cfg.certs {
+        let loc = c.locs.get("fallback").copied().unwrap_or_default();
+        for (i, ca) in c.fallback.iter().flatten().enumerate() {
+            if let Some(b) = &ca.ca_bundle {
+                let key = format!("cert[{}].fallback[{i}].ca_bundle", c.name);
+                out.push((key, loc, b.as_path()));
+            }
+        }
+    }
     out
 }
 

@@ -134,8 +134,19 @@ fn check(path: &Path) -> ExitCode {
         }
     }
     if problems.is_empty() {
+        let fallbacks: Vec<&str> = cfg
+            .acme
+            .fallback
+            .iter()
+            .map(|c| c.directory.as_str())
+            .collect();
+        let fallbacks = if fallbacks.is_empty() {
+            String::new()
+        } else {
+            format!(", fallback {}", fallbacks.join(", "))
+        };
         println!(
-            "{}: OK ({} certificate(s), CA {})",
+            "{}: OK ({} certificate(s), CA {}{fallbacks})",
             path.display(),
             cfg.certs.len(),
             cfg.acme.directory

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::config::RenewBefore;
+use crate::config::{FallbackRule, RenewBefore};
 use crate::inventory::{CertInfo, OnDisk};
 use crate::timefmt::{format_duration, rfc3339};
 
@@ -438,6 +438,37 @@ impl rand::RngCore for JitterRng {
     }
 }
 
+/// The CA (an index into primary + fallbacks, `cas` of them) the next attempt goes to,
+/// after an attempt at `current` failed for the `failures_at_current`-th time in a row.
+/// The list wraps: after the last fallback comes the primary again, since the CA that was
+/// down first is the one most likely back by then, and stopping at the last entry would
+/// leave a certificate on a CA that is down for good. With one CA it stays put.
+pub fn ca_after_failure(
+    current: usize,
+    cas: usize,
+    failures_at_current: u32,
+    installed: Option<&CertInfo>,
+    rule: FallbackRule,
+    now: OffsetDateTime,
+) -> usize {
+    if cas <= 1 || failures_at_current == 0 {
+        return current.min(cas.saturating_sub(1));
+    }
+    let expiring = installed.is_some_and(|info| {
+        let remaining = info.not_after - now;
+        let under = match rule.before {
+            RenewBefore::Fraction(f) => info.lifetime().max(Duration::seconds(1)) * f,
+            RenewBefore::Remaining(d) => Duration::try_from(d).unwrap_or(Duration::MAX),
+        };
+        remaining < under
+    });
+    if failures_at_current >= rule.after_failures.max(1) || expiring {
+        (current + 1) % cas
+    } else {
+        current.min(cas - 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,5 +725,63 @@ mod tests {
         }
         let x: f64 = jitter_rng_on(b"h", "n", None).random();
         assert!((0.0..1.0).contains(&x));
+    }
+    fn cert_lasting(not_before: OffsetDateTime, days: i64) -> CertInfo {
+        CertInfo {
+            not_before,
+            not_after: not_before + Duration::days(days),
+            serial: "01".into(),
+            sans: vec!["a.example".into()],
+            leaf_der: vec![],
+            chain_len: 2,
+        }
+    }
+
+    #[test]
+    fn fallback_after_n_failures_or_the_first_one_when_close_to_expiry() {
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::days(1000);
+        let rule = FallbackRule {
+            after_failures: 3,
+            before: crate::config::DEFAULT_FALLBACK_BEFORE,
+        };
+        let info = cert_lasting(t0, 90);
+        let fresh = t0 + Duration::days(60); // 30 of 90 days left: above 1/4
+        let late = t0 + Duration::days(70); // 20 of 90 days left: under 1/4
+        // Counting failures at the primary (2 CAs).
+        assert_eq!(ca_after_failure(0, 2, 0, Some(&info), rule, fresh), 0);
+        assert_eq!(ca_after_failure(0, 2, 1, Some(&info), rule, fresh), 0);
+        assert_eq!(ca_after_failure(0, 2, 2, Some(&info), rule, fresh), 0);
+        assert_eq!(ca_after_failure(0, 2, 3, Some(&info), rule, fresh), 1);
+        // Close to expiry, the first failure moves on; no failure never does.
+        assert_eq!(ca_after_failure(0, 2, 1, Some(&info), rule, late), 1);
+        assert_eq!(ca_after_failure(0, 2, 0, Some(&info), rule, late), 0);
+        // Nothing installed: only the count matters.
+        assert_eq!(ca_after_failure(0, 2, 1, None, rule, late), 0);
+        assert_eq!(ca_after_failure(0, 2, 3, None, rule, late), 1);
+        // The list wraps from the last fallback to the primary.
+        assert_eq!(ca_after_failure(1, 3, 3, None, rule, fresh), 2);
+        assert_eq!(ca_after_failure(2, 3, 3, None, rule, fresh), 0);
+        // One CA: nowhere to go.
+        assert_eq!(ca_after_failure(0, 1, 9, Some(&info), rule, late), 0);
+        // A recorded CA index beyond a shortened list is clamped, not an out-of-range.
+        assert_eq!(ca_after_failure(5, 2, 1, None, rule, fresh), 1);
+        // A duration threshold, and one longer than the lifetime (always close).
+        let by_time = FallbackRule {
+            after_failures: 3,
+            before: RenewBefore::Remaining(StdDuration::from_secs(25 * 86400)),
+        };
+        assert_eq!(ca_after_failure(0, 2, 1, Some(&info), by_time, fresh), 0);
+        assert_eq!(ca_after_failure(0, 2, 1, Some(&info), by_time, late), 1);
+        let longer = FallbackRule {
+            after_failures: 3,
+            before: RenewBefore::Remaining(StdDuration::from_secs(400 * 86400)),
+        };
+        assert_eq!(ca_after_failure(0, 2, 1, Some(&info), longer, t0), 1);
+        // after_failures = 1 moves on the first failure.
+        let eager = FallbackRule {
+            after_failures: 1,
+            ..rule
+        };
+        assert_eq!(ca_after_failure(0, 2, 1, None, eager, fresh), 1);
     }
 }

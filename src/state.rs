@@ -80,6 +80,21 @@ pub struct CertRecord {
     pub not_served: bool,
     /// The last result of each `verify` endpoint, for `status` and metrics.
     pub endpoints: Vec<EndpointResult>,
+    /// The CA directory the next order goes to when it is a fallback (the primary kept
+    /// failing this certificate); `None` is the primary. Reset after every success, so
+    /// the next renewal starts at the primary again.
+    pub ca: Option<String>,
+    /// Consecutive failures at that CA (the count `fallback_after_failures` is about).
+    pub ca_failures: u32,
+    /// The directory of the CA that issued the installed certificate (`None`: the
+    /// primary, or not known), so ARI and `replaces` go to that CA and no other.
+    pub issuer: Option<String>,
+    /// Set when the certificate moved to a fallback CA: the directory it left, and when
+    /// (the `ca_fallback` notification's signal). Cleared by the next success.
+    pub fallback_from: Option<String>,
+    /// When the move in `fallback_from` happened.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub fallback_at: Option<OffsetDateTime>,
 }
 
 /// What one `verify` endpoint served the last time it was probed.

@@ -41,6 +41,13 @@ impl Solver<'_> {
 }
 
 impl Acme {
+    /// Whether the CA's directory lists this profile: a fallback CA is ordered from
+    /// without a profile it does not offer (a fallback is there to get a certificate at
+    /// all), where the primary refuses (see [`Self::check_profile`]).
+    pub fn offers_profile(&self, profile: &str) -> bool {
+        self.account.profiles().any(|p| p.name == profile)
+    }
+
     /// Refuses, before any order exists, a profile the CA does not offer.
     pub(super) fn check_profile(&self, cert: &CertConfig) -> Result<(), AcmeError> {
         let Some(p) = &cert.profile else {

@@ -13,6 +13,7 @@
 //! `validate` raw -> validated, `alias` canonical paths and the aliasing check.
 
 mod alias;
+mod fallback;
 mod limits;
 mod notify;
 mod parse;
@@ -163,7 +164,7 @@ pub struct ReloadSignal {
 }
 
 /// External Account Binding credentials, as the CA hands them out.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Eab {
     /// The key identifier.
     pub kid: String,
@@ -196,6 +197,87 @@ pub struct AcmeConfig {
     /// How many orders run at once against this CA (`max_concurrent_orders`; 0 in the
     /// file means no limit): the CA, not certkeeper, should be what limits a big renewal.
     pub max_concurrent_orders: usize,
+    /// `fallback`: the CAs to try, in order, when this one keeps failing a certificate,
+    /// so an outage of one CA does not let certificates expire.
+    pub fallback: Vec<CaConfig>,
+    /// `fallback_after_failures` and `fallback_before`: when a certificate moves on.
+    pub fallback_rule: FallbackRule,
+}
+
+/// When a certificate leaves its current CA for the next one in its list (`[acme]
+/// fallback`): a CA that is down or refuses must not take the certificate down with it,
+/// but one passing glitch must not move it either.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FallbackRule {
+    /// `fallback_after_failures`: consecutive failures at one CA that move the next
+    /// attempt on (at least 1).
+    pub after_failures: u32,
+    /// `fallback_before`: with less than this left of the installed certificate, the
+    /// first failure already moves the next attempt on.
+    pub before: RenewBefore,
+}
+
+/// Default for `fallback_before`: a quarter of the lifetime, below the default renewal
+/// point (a third), so a certificate first gets some attempts at its own CA.
+pub const DEFAULT_FALLBACK_BEFORE: RenewBefore = RenewBefore::Fraction(0.25);
+/// Default for `fallback_after_failures`.
+pub const DEFAULT_FALLBACK_AFTER_FAILURES: u32 = 3;
+
+/// One CA a certificate can be ordered from: the primary (`[acme]`) or a `fallback`
+/// entry. Each has its own account, trust, EAB and profile, since CAs share none of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaConfig {
+    /// The directory URL, with aliases resolved.
+    pub directory: String,
+    /// Contact URIs for the account (a fallback without its own uses `[acme]`'s).
+    pub contact: Vec<String>,
+    /// Extra trusted roots for this CA's HTTPS endpoint (never inherited: another CA
+    /// is another server).
+    pub ca_bundle: Option<PathBuf>,
+    /// External Account Binding for this CA.
+    pub eab: Option<Eab>,
+    /// The profile to ask this CA for; `None` uses the certificate's own `profile`.
+    pub profile: Option<String>,
+}
+
+impl AcmeConfig {
+    /// The primary CA as a [`CaConfig`], first in every certificate's list.
+    pub fn primary(&self) -> CaConfig {
+        CaConfig {
+            directory: self.directory.clone(),
+            contact: self.contact.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+            eab: self.eab.clone(),
+            profile: None,
+        }
+    }
+
+    /// The CAs a certificate may be ordered from, in order: the primary, then its own
+    /// `fallback` list if it has one, else `[acme] fallback`.
+    pub fn cas_for(&self, cert: &CertConfig) -> Vec<CaConfig> {
+        let mut cas = vec![self.primary()];
+        cas.extend(
+            cert.fallback
+                .as_ref()
+                .unwrap_or(&self.fallback)
+                .iter()
+                .cloned(),
+        );
+        cas
+    }
+
+    /// This config with `ca` as its CA and the run-wide limits kept: what connecting to
+    /// one CA of a certificate's list takes.
+    pub fn at(&self, ca: &CaConfig) -> Self {
+        Self {
+            directory: ca.directory.clone(),
+            contact: ca.contact.clone(),
+            ca_bundle: ca.ca_bundle.clone(),
+            eab: ca.eab.clone(),
+            fallback: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Default for `acme.max_concurrent_orders`: enough to keep a public CA busy without
@@ -300,6 +382,9 @@ pub struct CertConfig {
     /// When an `expiring` notification goes out (`warn_before`): checked at load to lie
     /// after the renewal point, so a warning means renewal has already had its chance.
     pub warn_before: RenewBefore,
+    /// This certificate's own `fallback` list, replacing `[acme] fallback` (`Some(vec![])`:
+    /// no fallback), for names only some CAs may issue.
+    pub fallback: Option<Vec<CaConfig>>,
     /// Where each key of this certificate was written, for pointing errors at lines.
     pub locs: BTreeMap<String, Loc>,
 }

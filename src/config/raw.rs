@@ -81,6 +81,7 @@ cert_options!(
         /// Each entry a `"host:port"` string or an inline table; checked in validation
         /// (an untagged enum would only say "did not match any variant").
         pub(super) verify: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+        pub(super) fallback: Option<Spanned<Vec<Spanned<RawCa>>>>,
     }
 );
 
@@ -99,6 +100,21 @@ pub(super) struct RawAcme {
     pub(super) request_timeout: Option<Spanned<Parsed<HumanDuration>>>,
     pub(super) order_timeout: Option<Spanned<Parsed<HumanDuration>>>,
     pub(super) max_concurrent_orders: Option<Spanned<u32>>,
+    pub(super) fallback: Option<Spanned<Vec<Spanned<RawCa>>>>,
+    pub(super) fallback_after_failures: Option<Spanned<u32>>,
+    pub(super) fallback_before: Option<Spanned<Parsed<RenewBefore>>>,
+}
+
+/// One entry of a `fallback` list (in `[acme]` or a `[[cert]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCa {
+    pub(super) directory: Spanned<String>,
+    pub(super) contact: Option<Vec<String>>,
+    pub(super) ca_bundle: Option<Spanned<PathBuf>>,
+    pub(super) eab_kid: Option<Spanned<String>>,
+    pub(super) eab_hmac_key: Option<Spanned<Secret>>,
+    pub(super) profile: Option<Spanned<String>>,
 }
 
 /// The whole file.

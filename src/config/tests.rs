@@ -675,3 +675,81 @@ fn verify_errors_name_the_line() {
         assert!(e.to_string().starts_with("test.toml:17:"), "{e}");
     }
 }
+
+/// `BASE` with `acme_extra` in `[acme]` and `cert_extra` in the `[[cert]]`.
+fn with_fallback(acme_extra: &str, cert_extra: &str) -> String {
+    BASE.replace(
+        "contact = [\"mailto:ops@example.com\"]\n",
+        &format!("contact = [\"mailto:ops@example.com\"]\n{acme_extra}\n"),
+    ) + cert_extra
+}
+
+#[test]
+fn fallback_list_defaults_and_per_cert_override() {
+    let c = parse(&with_fallback(
+        "fallback = [{ directory = \"zerossl\", eab_kid = \"kid\", eab_hmac_key = \"c2VjcmV0\", profile = \"classic\" }]",
+        "",
+    ))
+    .unwrap();
+    assert_eq!(c.acme.fallback.len(), 1);
+    let fb = &c.acme.fallback[0];
+    assert_eq!(fb.directory, ZEROSSL);
+    assert_eq!(fb.contact, vec!["mailto:ops@example.com".to_string()]);
+    assert_eq!(fb.profile.as_deref(), Some("classic"));
+    assert_eq!(fb.eab.as_ref().unwrap().kid, "kid");
+    assert!(!format!("{c:?}").contains("c2VjcmV0"), "EAB key in Debug");
+    assert_eq!(c.acme.fallback_rule.after_failures, 3);
+    assert_eq!(c.acme.fallback_rule.before, RenewBefore::Fraction(0.25));
+    let cas = c.acme.cas_for(&c.certs[0]);
+    assert_eq!(cas.len(), 2);
+    assert_eq!(cas[0].directory, LETSENCRYPT);
+    // A certificate's own empty list means no fallback.
+    let c = parse(&with_fallback(
+        "fallback = [{ directory = \"zerossl\" }]\nfallback_after_failures = 1\nfallback_before = \"10d\"",
+        "fallback = []\n",
+    ))
+    .unwrap();
+    assert_eq!(c.acme.cas_for(&c.certs[0]).len(), 1);
+    assert_eq!(c.acme.fallback_rule.after_failures, 1);
+    assert_eq!(
+        c.acme.fallback_rule.before,
+        RenewBefore::Remaining(Duration::from_secs(10 * 86400))
+    );
+}
+
+#[test]
+fn fallback_errors_name_file_line_and_key() {
+    let src = with_fallback(
+        "fallback = [{ directory = \"zerossl\", eab_kid = \"kid\" }]",
+        "",
+    );
+    let e = first_err(&src);
+    assert_eq!(e.key, "acme.fallback[0].eab_kid", "{e}");
+    assert_eq!(e.line, 6, "{e}");
+    let e = first_err(&with_fallback(
+        "fallback = [{ directory = \"zerossl\", eab_hmac_key = \"c2VjcmV0\" }]",
+        "",
+    ));
+    assert_eq!(e.key, "acme.fallback[0].eab_hmac_key", "{e}");
+    assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+    let e = first_err(&with_fallback(
+        "fallback = [{ directory = \"letsencrypt\" }]",
+        "",
+    ));
+    assert!(e.message.contains("primary"), "{e}");
+    let e = first_err(&with_fallback(
+        "fallback = [{ directory = \"zerossl\", dirctory = \"x\" }]",
+        "",
+    ));
+    assert_eq!(e.line, 6, "{e}");
+    assert!(e.message.contains("dirctory"), "{e}");
+    let e = first_err(&with_fallback("fallback_after_failures = 0", ""));
+    assert_eq!(e.key, "acme.fallback_after_failures", "{e}");
+    let src = with_fallback(
+        "",
+        "fallback = [{ directory = \"http://ca.example/dir\" }]\n",
+    );
+    let e = first_err(&src);
+    assert_eq!(e.key, "cert[www].fallback[0].directory", "{e}");
+    assert_eq!(e.line, src.lines().count(), "{e}");
+}

@@ -50,7 +50,9 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     };
     let metrics_listen = metrics_listen_addr(metrics_listen.as_ref(), ctx, &mut locs);
     let acme = acme_section(acme, ctx, &mut locs);
-    let certs = cert_sections(&certs, &defaults, ctx);
+    let mut certs_v = cert_sections(&certs, &defaults, ctx);
+    super::fallback::cert_lists(&certs, &mut certs_v, &acme, ctx);
+    let certs = certs_v;
     ctx.errors
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
     let watches = super::watch::watch_sections(&watches, &certs, ctx);
@@ -115,18 +117,21 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
         ctx.path(b.get_ref())
     });
     let (max_new_orders, replaces_exempt) = super::limits::acme_limits(&acme_raw, ctx, locs);
-    let eab = eab(acme_raw.eab_kid, acme_raw.eab_hmac_key, ctx);
+    let eab = eab(acme_raw.eab_kid.clone(), acme_raw.eab_hmac_key.clone(), ctx);
+    let fallback_rule = super::fallback::rule(&acme_raw, ctx);
     let (request_timeout, order_timeout) = acme_timeouts(
         acme_raw.request_timeout.as_ref(),
         acme_raw.order_timeout.as_ref(),
         &acme_span,
         ctx,
     );
-    AcmeConfig {
+    let mut acme = AcmeConfig {
         directory,
         contact: acme_raw.contact,
         ca_bundle,
         eab,
+        fallback: Vec::new(),
+        fallback_rule,
         max_new_orders,
         replaces_exempt,
         request_timeout,
@@ -136,11 +141,23 @@ fn acme_section(raw: Spanned<RawAcme>, ctx: &mut Ctx<'_>, locs: &mut Locs) -> Ac
             Some(0) => tokio::sync::Semaphore::MAX_PERMITS,
             Some(n) => (n as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
         },
+    };
+    let primary = acme.primary();
+    if let Some(l) = &acme_raw.fallback {
+        locs.insert("acme.fallback".into(), ctx.loc(&l.span()));
     }
+    acme.fallback = super::fallback::acme_list(acme_raw.fallback.as_ref(), &primary, ctx);
+    acme
 }
 
 /// `acme.directory`: an https URL or one of the known aliases.
 fn acme_directory(raw: &Spanned<String>, ctx: &mut Ctx<'_>) -> String {
+    directory_at(raw, "acme.directory", ctx)
+}
+
+/// A CA directory at `key` (`acme.directory` or a fallback's): an https URL or one of
+/// the known aliases.
+pub(super) fn directory_at(raw: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> String {
     let dir = raw.get_ref().trim().to_string();
     match dir.as_str() {
         "letsencrypt" => LETSENCRYPT.to_string(),
@@ -150,7 +167,7 @@ fn acme_directory(raw: &Spanned<String>, ctx: &mut Ctx<'_>) -> String {
         d => {
             ctx.err(
                 &raw.span(),
-                "acme.directory",
+                key,
                 format!(
                     "{d:?} is not an https:// URL nor one of the aliases letsencrypt, letsencrypt-staging, zerossl"
                 ),
@@ -166,6 +183,16 @@ fn eab(
     key: Option<Spanned<Secret>>,
     ctx: &mut Ctx<'_>,
 ) -> Option<Eab> {
+    eab_at(kid, key, "acme", ctx)
+}
+
+/// `<at>.eab_kid` + `<at>.eab_hmac_key` (`[acme]` or a fallback entry): both or neither.
+pub(super) fn eab_at(
+    kid: Option<Spanned<String>>,
+    key: Option<Spanned<Secret>>,
+    at: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<Eab> {
     match (kid, key) {
         (None, None) => None,
         (Some(kid), Some(key)) => {
@@ -177,7 +204,7 @@ fn eab(
             {
                 ctx.err(
                     &key.span(),
-                    "acme.eab_hmac_key",
+                    format!("{at}.eab_hmac_key"),
                     "is not base64url (as the CA hands it out); value not shown",
                 );
             }
@@ -189,7 +216,7 @@ fn eab(
         (Some(kid), None) => {
             ctx.err(
                 &kid.span(),
-                "acme.eab_kid",
+                format!("{at}.eab_kid"),
                 "eab_kid is set but eab_hmac_key is missing",
             );
             None
@@ -197,7 +224,7 @@ fn eab(
         (None, Some(key)) => {
             ctx.err(
                 &key.span(),
-                "acme.eab_hmac_key",
+                format!("{at}.eab_hmac_key"),
                 "eab_hmac_key is set but eab_kid is missing",
             );
             None
@@ -355,6 +382,7 @@ fn one_cert(
         verify,
         verify_timeout,
         warn_before,
+        fallback: None,
         locs: s.locs,
     }
 }

@@ -43,10 +43,14 @@ impl Runner {
         if fresh && rec.ari_serial.as_deref() == Some(info.serial.as_str()) {
             return cached;
         }
-        if self.ca_known_unreachable() {
+        // ARI goes to the CA that issued the installed certificate, not to the primary.
+        let Some(issuer) = self.ca_by_directory(cert, rec.issuer.as_deref()) else {
+            return cached;
+        };
+        if self.ca_known_unreachable(&issuer.directory) {
             return cached;
         }
-        let ca = self.state.load_ca(&self.cfg.acme.directory).ok()?;
+        let ca = self.state.load_ca(&issuer.directory).ok()?;
         if ca.ari_supported == Some(false)
             && ca
                 .ari_checked_at
@@ -55,8 +59,8 @@ impl Runner {
             return None;
         }
         // Optional: a CA that is down must not delay a certificate that is not due (the
-        // failure is logged once per pass, in `acme_quick`).
-        let Some(acme) = self.acme_quick().await else {
+        // failure is logged once per pass, in `acme_quick_at`).
+        let Some(acme) = self.acme_quick_at(&issuer).await else {
             debug!("ARI not checked: the CA is unreachable");
             return cached;
         };
@@ -79,7 +83,8 @@ impl Runner {
         rec: &mut CertRecord,
         now: OffsetDateTime,
     ) -> Option<AriWindow> {
-        let directory = &self.cfg.acme.directory;
+        let directory = ca.directory.clone();
+        let directory = &directory;
         match lookup {
             AriLookup::Window(w, retry) => {
                 let retry = retry.clamp(ari_min_poll(), ARI_MAX_POLL);

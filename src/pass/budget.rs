@@ -19,6 +19,13 @@ pub(super) fn sends_replaces(ca: &CaRecord, has_cert: bool) -> bool {
     ca.ari_supported == Some(true) && !ca.replaces_unsupported && has_cert
 }
 
+/// Whether `replaces` may go to the CA at `directory`: only the CA that issued the
+/// installed certificate (`issuer`; `None` is the primary) knows the certificate, and
+/// another CA would reject the order or ignore the field.
+pub(super) fn replaces_goes_to(issuer: Option<&str>, primary: &str, directory: &str) -> bool {
+    issuer.unwrap_or(primary) == directory
+}
+
 impl Runner {
     /// The breaker's refusal, if it is open for this certificate: logged at ERROR, the
     /// run exits 1, but the retry ladder is untouched. `--force` does not override it:
@@ -44,12 +51,16 @@ impl Runner {
     /// when the budget allows the next one ([`PassError::Deferred`]). An order carrying
     /// `replaces` to a CA configured with `replaces_exempt` costs nothing. A state that
     /// cannot record the unit sends no order.
-    pub(super) async fn spend_budget(&self, disk: &OnDisk) -> Result<(), PassError> {
+    pub(super) async fn spend_budget(
+        &self,
+        disk: &OnDisk,
+        directory: &str,
+    ) -> Result<(), PassError> {
         let Some(limit) = self.cfg.acme.max_new_orders else {
             return Ok(());
         };
         let exempt = self.cfg.acme.replaces_exempt;
-        let (state, directory) = (self.state.clone(), self.cfg.acme.directory.clone());
+        let (state, directory) = (self.state.clone(), directory.to_string());
         let has_cert = disk.info().is_some();
         let now = self.now();
         let spent = tokio::task::spawn_blocking(move || {
@@ -71,12 +82,12 @@ impl Runner {
 
     /// Counts an extra order sent within one attempt (a repeat after a lost account or
     /// without `replaces`) against the budget without refusing it: the CA counts it too.
-    pub(super) fn charge_repeat(&self) {
+    pub(super) fn charge_repeat(&self, directory: &str) {
         if self.cfg.acme.max_new_orders.is_none() {
             return;
         }
         let now = self.now();
-        self.update_ca(&self.cfg.acme.directory, |ca| {
+        self.update_ca(directory, |ca| {
             ca.new_orders.push(now);
             ca.new_orders.sort();
         });
@@ -160,7 +171,10 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..10 {
             let r = r.clone();
-            tasks.spawn(async move { r.spend_budget(&OnDisk::Missing("x".into())).await });
+            tasks.spawn(async move {
+                r.spend_budget(&OnDisk::Missing("x".into()), &r.cfg.acme.directory.clone())
+                    .await
+            });
         }
         let (mut granted, mut deferred) = (0, 0);
         while let Some(res) = tasks.join_next().await {
@@ -190,19 +204,31 @@ mod tests {
         let clock = Arc::new(ManualClock::at(start()));
         let missing = OnDisk::Missing("x".into());
         let first = runner(dir.path(), "max_new_orders = \"2/20s\"", clock.clone());
-        first.spend_budget(&missing).await.unwrap();
+        first
+            .spend_budget(&missing, &first.cfg.acme.directory.clone())
+            .await
+            .unwrap();
         clock.advance(time::Duration::seconds(5));
-        first.spend_budget(&missing).await.unwrap();
+        first
+            .spend_budget(&missing, &first.cfg.acme.directory.clone())
+            .await
+            .unwrap();
         drop(first);
         let second = runner(dir.path(), "max_new_orders = \"2/20s\"", clock.clone());
-        match second.spend_budget(&missing).await {
+        match second
+            .spend_budget(&missing, &second.cfg.acme.directory.clone())
+            .await
+        {
             Err(PassError::Deferred { until, .. }) => {
                 assert_eq!(until, start() + time::Duration::seconds(20))
             }
             other => panic!("expected a deferral, got {other:?}"),
         }
         clock.advance(time::Duration::seconds(15));
-        second.spend_budget(&missing).await.unwrap();
+        second
+            .spend_budget(&missing, &second.cfg.acme.directory.clone())
+            .await
+            .unwrap();
         let ca = second.state.load_ca(&second.cfg.acme.directory).unwrap();
         assert_eq!(
             ca.new_orders,
@@ -228,22 +254,38 @@ mod tests {
         let directory = r.cfg.acme.directory.clone();
         r.update_ca(&directory, |ca| ca.ari_supported = Some(true));
         for _ in 0..3 {
-            r.spend_budget(&present()).await.unwrap();
+            r.spend_budget(&present(), &r.cfg.acme.directory.clone())
+                .await
+                .unwrap();
         }
         assert!(r.state.load_ca(&directory).unwrap().new_orders.is_empty());
         // A first issuance has nothing to replace: it counts.
-        r.spend_budget(&OnDisk::Missing("x".into())).await.unwrap();
-        assert!(r.spend_budget(&OnDisk::Missing("x".into())).await.is_err());
+        r.spend_budget(&OnDisk::Missing("x".into()), &r.cfg.acme.directory.clone())
+            .await
+            .unwrap();
+        assert!(
+            r.spend_budget(&OnDisk::Missing("x".into()), &r.cfg.acme.directory.clone())
+                .await
+                .is_err()
+        );
         // A CA that ignores `replaces` gets none, so nothing is exempt there.
         r.update_ca(&directory, |ca| ca.replaces_unsupported = true);
-        assert!(r.spend_budget(&present()).await.is_err());
+        assert!(
+            r.spend_budget(&present(), &r.cfg.acme.directory.clone())
+                .await
+                .is_err()
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let r = runner(dir.path(), "max_new_orders = \"1/1h\"", clock);
         r.update_ca(&directory, |ca| ca.ari_supported = Some(true));
-        r.spend_budget(&present()).await.unwrap();
+        r.spend_budget(&present(), &r.cfg.acme.directory.clone())
+            .await
+            .unwrap();
         assert!(
-            r.spend_budget(&present()).await.is_err(),
+            r.spend_budget(&present(), &r.cfg.acme.directory.clone())
+                .await
+                .is_err(),
             "not exempt by default"
         );
     }
@@ -255,9 +297,11 @@ mod tests {
         let clock = Arc::new(ManualClock::at(start()));
         let r = runner(dir.path(), "max_new_orders = \"unlimited\"", clock);
         for _ in 0..5 {
-            r.spend_budget(&OnDisk::Missing("x".into())).await.unwrap();
+            r.spend_budget(&OnDisk::Missing("x".into()), &r.cfg.acme.directory.clone())
+                .await
+                .unwrap();
         }
-        r.charge_repeat();
+        r.charge_repeat(&r.cfg.acme.directory.clone());
         let ca = r.state.load_ca(&r.cfg.acme.directory).unwrap();
         assert!(ca.new_orders.is_empty());
     }

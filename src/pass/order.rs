@@ -11,7 +11,7 @@ use super::fingerprint::set_fingerprint;
 use super::record::{mark_installed, note_error, record_failure};
 use super::{CertResult, Fingerprint, PassError, Runner};
 use crate::acme::{Acme, AcmeError, OrderRequest};
-use crate::config::CertConfig;
+use crate::config::{CaConfig, CertConfig};
 use crate::inventory::{self, CertInfo, OnDisk};
 use crate::keys;
 use crate::policy::{self, Decision, ErrorClass};
@@ -135,11 +135,57 @@ impl Runner {
                 r
             }
             Err(e) => {
-                let next = record_failure(rec, &e, self.now());
+                let mut next = record_failure(rec, &e, self.now());
+                if let Some(sooner) = self.note_ca_failure(cert, disk, rec, &e, self.now()) {
+                    next = next.min(sooner);
+                    rec.next_attempt_at = Some(next);
+                }
                 error!(next_attempt = %rfc3339(next), "renewal failed: {e}");
                 CertResult::failed(cert, e.to_string(), next)
             }
         }
+    }
+
+    /// Counts a failure against the certificate's current CA and moves it to the next CA
+    /// of its list when [`policy::ca_after_failure`] says so (WARN, and `fallback_from` /
+    /// `fallback_at` set as the notifier's signal). A local error (our disk) is no fault
+    /// of the CA's and counts nothing. Returns the sooner next attempt after a move: the
+    /// new CA has not failed yet, so the ladder built up at the old one does not apply.
+    fn note_ca_failure(
+        &self,
+        cert: &CertConfig,
+        disk: &OnDisk,
+        rec: &mut CertRecord,
+        e: &PassError,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        if e.class() == ErrorClass::Local {
+            return None;
+        }
+        let cas = self.cfg.acme.cas_for(cert);
+        let current = cas
+            .iter()
+            .position(|c| Some(c.directory.as_str()) == rec.ca.as_deref())
+            .unwrap_or(0);
+        rec.ca_failures += 1;
+        let rule = self.cfg.acme.fallback_rule;
+        let next =
+            policy::ca_after_failure(current, cas.len(), rec.ca_failures, disk.info(), rule, now);
+        if next == current {
+            return None;
+        }
+        let (from, to) = (&cas[current].directory, &cas[next].directory);
+        warn!(
+            from = %from,
+            to = %to,
+            failures = rec.ca_failures,
+            "moving the certificate from CA {from} to CA {to}"
+        );
+        rec.fallback_from = Some(from.clone());
+        rec.fallback_at = Some(now);
+        rec.ca = (next != 0).then(|| to.clone());
+        rec.ca_failures = 0;
+        Some(now + crate::fault::scaled(policy::backoff_delay(1)))
     }
 
     /// Checks the targets and writes the reservation; either failing costs no order.
@@ -176,10 +222,14 @@ impl Runner {
         rec: &mut CertRecord,
         installing: &Arc<std::sync::Mutex<bool>>,
     ) -> Result<(CertInfo, Fingerprint), PassError> {
-        let acme = self.acme().await?;
+        let ca = self.current_ca(cert, rec);
+        let acme = self.acme_at(&ca).await?;
         let (key, csr) = new_key(cert).await?;
-        self.spend_budget(disk).await?;
-        let chain = self.order_chain(&acme, cert, disk, &csr).await?;
+        self.spend_budget(disk, acme.directory()).await?;
+        let at_ca = at_fallback(cert, &ca, &acme, rec.ca.is_some());
+        let chain = self
+            .order_chain(&acme, &ca, &at_ca, disk, rec, &csr)
+            .await?;
         let (info, set) = verified_set(cert, key.serialize_pem(), chain, self.now())?;
         let fingerprint = set_fingerprint(cert, &set);
         // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
@@ -199,18 +249,39 @@ impl Runner {
         Ok((info, fingerprint))
     }
 
+    /// The CA this attempt goes to: the one `rec.ca` names if it is still configured, else
+    /// the primary (and the record says so, so the install records the right issuer).
+    fn current_ca(&self, cert: &CertConfig, rec: &mut CertRecord) -> CaConfig {
+        match self.ca_by_directory(cert, rec.ca.as_deref()) {
+            Some(ca) => ca,
+            None => {
+                rec.ca = None;
+                self.cfg.acme.primary()
+            }
+        }
+    }
+
     /// Sends the order, recovering once from a lost account, an ignored `replaces` or an
-    /// order the CA refused because of `replaces`.
+    /// order the CA refused because of `replaces`. `replaces` goes only to the CA that
+    /// issued the certificate being replaced: another CA does not know it.
     async fn order_chain(
         &self,
         acme: &Arc<Acme>,
+        at: &CaConfig,
         cert: &CertConfig,
         disk: &OnDisk,
+        rec: &CertRecord,
         csr: &[u8],
     ) -> Result<String, PassError> {
         let ca = self.state.load_ca(acme.directory())?;
+        let to_issuer = super::budget::replaces_goes_to(
+            rec.issuer.as_deref(),
+            &self.cfg.acme.directory,
+            acme.directory(),
+        );
         let replaces = disk
             .info()
+            .filter(|_| to_issuer)
             .filter(|_| super::budget::sends_replaces(&ca, true))
             .map(|info| info.leaf_der.as_slice());
         let req = OrderRequest {
@@ -226,9 +297,9 @@ impl Runner {
             Ok(c) => Ok(c),
             Err(e) if e.is_account_gone() => {
                 warn!("{e}; creating a new account and ordering again");
-                self.forget_account().await;
-                let acme = self.acme().await?;
-                self.charge_repeat();
+                self.forget_account(acme.directory()).await;
+                let acme = self.acme_at(at).await?;
+                self.charge_repeat(acme.directory());
                 Ok(acme.order(&req, &self.responders).await?)
             }
             Err(AcmeError::ReplacesIgnored { message, .. }) => {
@@ -236,7 +307,7 @@ impl Runner {
                     "the CA ignored `replaces` ({message}); ordering again without it and not sending it to this CA again"
                 );
                 self.update_ca(acme.directory(), |c| c.replaces_unsupported = true);
-                self.charge_repeat();
+                self.charge_repeat(acme.directory());
                 Ok(acme.order(&without, &self.responders).await?)
             }
             Err(
@@ -245,12 +316,34 @@ impl Runner {
                 },
             ) if replaces.is_some() => {
                 warn!("the CA rejected the order with `replaces` ({e}); ordering again without it");
-                self.charge_repeat();
+                self.charge_repeat(acme.directory());
                 Ok(acme.order(&without, &self.responders).await?)
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The certificate as ordered from this CA. At a fallback, the profile is the entry's
+/// own, else the certificate's, and is left out (with a WARN) when the fallback's
+/// directory does not list it: the fallback is there to get a certificate at all. The
+/// primary keeps the certificate's profile, and refuses one it does not offer.
+fn at_fallback(cert: &CertConfig, ca: &CaConfig, acme: &Acme, is_fallback: bool) -> CertConfig {
+    let mut c = cert.clone();
+    if !is_fallback {
+        return c;
+    }
+    c.profile = ca.profile.clone().or_else(|| cert.profile.clone());
+    if let Some(p) = c.profile.as_deref()
+        && !acme.offers_profile(p)
+    {
+        warn!(
+            directory = %ca.directory,
+            "the fallback CA does not offer profile {p:?}; ordering without a profile"
+        );
+        c.profile = None;
+    }
+    c
 }
 
 /// A new key and its CSR. Key generation is CPU-heavy (RSA-4096 takes seconds): off the

@@ -54,6 +54,12 @@ pub(super) fn mark_installed(rec: &mut CertRecord, now: OffsetDateTime, serial: 
     rec.damaged_since_install = false;
     rec.deferred_until = None;
     crate::budget::note_issued(&mut rec.issued_at, now);
+    // The order went to the CA `rec.ca` names (the reservation was saved with it, so a
+    // rolled-forward install knows it too); the next renewal starts at the primary again.
+    rec.issuer = rec.ca.take();
+    rec.ca_failures = 0;
+    rec.fallback_from = None;
+    rec.fallback_at = None;
 }
 
 /// Records an error and its class without touching the ladder (conflicts, preflight).
@@ -144,6 +150,30 @@ pub(super) fn note_damage(
 mod tests {
     use super::*;
     use crate::inventory::CertInfo;
+
+    /// An install at a fallback records that CA as the issuer and sends the next
+    /// renewal back to the primary; an install at the primary records no issuer.
+    #[test]
+    fn an_install_records_the_issuer_and_returns_to_the_primary() {
+        let now = OffsetDateTime::now_utc();
+        let mut rec = CertRecord {
+            ca: Some("https://fallback/dir".into()),
+            ca_failures: 1,
+            fallback_from: Some("https://primary/dir".into()),
+            fallback_at: Some(now),
+            ..Default::default()
+        };
+        mark_installed(&mut rec, now, Some("01"));
+        assert_eq!(rec.issuer.as_deref(), Some("https://fallback/dir"));
+        assert_eq!(rec.ca, None);
+        assert_eq!(rec.ca_failures, 0);
+        assert_eq!(
+            (rec.fallback_from.as_deref(), rec.fallback_at),
+            (None, None)
+        );
+        mark_installed(&mut rec, now, Some("02"));
+        assert_eq!(rec.issuer, None);
+    }
 
     fn info(serial: &str) -> CertInfo {
         CertInfo {

@@ -2,6 +2,7 @@
 //! directory, the HTTP-01 responders, the ACME account, the order slots and the clock.
 //! `renew` builds one per run; the daemon keeps one until the config changes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use super::{Fingerprint, Outcome, PassError};
 use crate::acme::{Acme, AcmeError};
 use crate::challenge::Responders;
 use crate::clock::SharedClock;
-use crate::config::{CertConfig, Config};
+use crate::config::{CaConfig, CertConfig, Config};
 use crate::state::{CaRecord, CertRecord, StateDir, StateError};
 
 /// See the module documentation.
@@ -30,15 +31,28 @@ pub struct Runner {
     pub(super) owner_id: std::path::PathBuf,
     /// What the files held when last read, so the daemon does not re-read unchanged ones.
     pub(super) disk_cache: Arc<super::disk::DiskCache>,
-    acme: tokio::sync::Mutex<AcmeCache>,
-    /// The connection for optional lookups (ARI of certificates that are not due): tried
-    /// once, without retries, and its failure shared by every certificate of the pass, so
-    /// a CA that is down costs a no-op pass no time and one log line.
-    quick: tokio::sync::Mutex<AcmeCache>,
+    /// One connection per CA directory (the primary and any fallback a certificate moved
+    /// to), so a fallback's account and failures never mix with the primary's.
+    acme: Caches,
+    /// The connections for optional lookups (ARI of certificates that are not due), per
+    /// CA: tried once, without retries, and a failure shared by every certificate of the
+    /// pass, so a CA that is down costs a no-op pass no time and one log line.
+    quick: Caches,
     /// At most `acme.max_concurrent_orders` orders at once, so a fleet of certificates does not hit
     /// the CA all at the same moment. Shared with the runner that replaces this one on a
     /// config reload, so tasks still running under the old config count too.
     pub(super) orders: Arc<Semaphore>,
+}
+
+/// Connections keyed by CA directory; the outer lock is held only to find the slot.
+type Caches = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<AcmeCache>>>>;
+
+/// The slot for one CA directory, made empty on first use.
+fn slot(caches: &Caches, directory: &str) -> Arc<tokio::sync::Mutex<AcmeCache>> {
+    let mut map = caches.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(directory.to_string())
+        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(AcmeCache::Empty)))
+        .clone()
 }
 
 enum AcmeCache {
@@ -99,8 +113,8 @@ impl Runner {
             state,
             responders,
             clock,
-            acme: tokio::sync::Mutex::new(AcmeCache::Empty),
-            quick: tokio::sync::Mutex::new(AcmeCache::Empty),
+            acme: Caches::default(),
+            quick: Caches::default(),
             orders,
         }
     }
@@ -116,8 +130,8 @@ impl Runner {
             state: self.state.clone(),
             responders: self.responders.clone(),
             clock: self.clock.clone(),
-            acme: tokio::sync::Mutex::new(AcmeCache::Empty),
-            quick: tokio::sync::Mutex::new(AcmeCache::Empty),
+            acme: Caches::default(),
+            quick: Caches::default(),
             orders: self.orders.clone(),
         }
     }
@@ -150,26 +164,28 @@ impl Runner {
 
     /// Drops the account the CA no longer knows (kept as `<file>.lost` for inspection), so
     /// the next connection creates a new one.
-    pub(super) async fn forget_account(&self) {
-        let mut cache = self.acme.lock().await;
-        *cache = AcmeCache::Empty;
-        let path = self.state.account_file(&self.cfg.acme.directory);
+    pub(super) async fn forget_account(&self, directory: &str) {
+        let cache = slot(&self.acme, directory);
+        *cache.lock().await = AcmeCache::Empty;
+        let path = self.state.account_file(directory);
         let lost = path.with_extension("json.lost");
         if let Err(e) = std::fs::rename(&path, &lost) {
             warn!("cannot set aside {}: {e}", path.display());
         }
     }
 
-    /// The ACME account, connecting (and creating it) on first use. A failure carries the
-    /// CA's stored hold, if one is in force, for the ladder.
-    pub(super) async fn acme(&self) -> Result<Arc<Acme>, PassError> {
-        if let AcmeCache::Ready(a) = &*self.quick.lock().await {
+    /// The ACME account at one CA of a certificate's list, connecting (and creating it)
+    /// on first use. A failure carries the CA's stored hold, if one is in force, for the
+    /// ladder.
+    pub(super) async fn acme_at(&self, ca: &CaConfig) -> Result<Arc<Acme>, PassError> {
+        if let AcmeCache::Ready(a) = &*slot(&self.quick, &ca.directory).lock().await {
             return Ok(a.clone());
         }
-        let mut cache = self.acme.lock().await;
+        let cache = slot(&self.acme, &ca.directory);
+        let mut cache = cache.lock().await;
         let failed = |error: Arc<AcmeError>| PassError::Connect {
             error,
-            hold: crate::acme::ca_hold(&self.state, &self.cfg.acme.directory),
+            hold: crate::acme::ca_hold(&self.state, &ca.directory),
         };
         match &*cache {
             AcmeCache::Ready(a) => return Ok(a.clone()),
@@ -180,7 +196,7 @@ impl Runner {
             }
             _ => {}
         }
-        match Acme::connect(&self.cfg.acme, &self.state).await {
+        match Acme::connect(&self.cfg.acme.at(ca), &self.state).await {
             Ok(a) => {
                 let a = Arc::new(a);
                 *cache = AcmeCache::Ready(a.clone());
@@ -196,23 +212,38 @@ impl Runner {
 }
 
 impl Runner {
-    /// The account for an optional lookup, or None when the CA cannot be reached now. The
-    /// first failure is logged once (not once per certificate); later callers within
-    /// [`CONNECT_FAILURE_TTL`] get None at once.
+    /// The CA of a certificate's list with this directory (`None`: the primary), or None
+    /// when it is no longer configured, so nothing is asked of a CA the config dropped.
+    pub(super) fn ca_by_directory(
+        &self,
+        cert: &CertConfig,
+        directory: Option<&str>,
+    ) -> Option<CaConfig> {
+        let cas = self.cfg.acme.cas_for(cert);
+        match directory {
+            None => cas.into_iter().next(),
+            Some(d) => cas.into_iter().find(|c| c.directory == d),
+        }
+    }
+
     /// The quick connection failed a moment ago: skip optional lookups without even
     /// reading the CA's record (a no-op pass over 10,000 certificates with the CA down).
-    pub(super) fn ca_known_unreachable(&self) -> bool {
-        self.quick.try_lock().is_ok_and(|c| {
+    pub(super) fn ca_known_unreachable(&self, directory: &str) -> bool {
+        slot(&self.quick, directory).try_lock().is_ok_and(|c| {
             matches!(&*c, AcmeCache::Failed(_, at)
                 if at.elapsed() < crate::fault::scaled(CONNECT_FAILURE_TTL))
         })
     }
 
-    pub(super) async fn acme_quick(&self) -> Option<Arc<Acme>> {
-        if let AcmeCache::Ready(a) = &*self.acme.lock().await {
+    /// The account for an optional lookup, or None when the CA cannot be reached now. The
+    /// first failure is logged once (not once per certificate); later callers within
+    /// [`CONNECT_FAILURE_TTL`] get None at once.
+    pub(super) async fn acme_quick_at(&self, ca: &CaConfig) -> Option<Arc<Acme>> {
+        if let AcmeCache::Ready(a) = &*slot(&self.acme, &ca.directory).lock().await {
             return Some(a.clone());
         }
-        let mut cache = self.quick.lock().await;
+        let cache = slot(&self.quick, &ca.directory);
+        let mut cache = cache.lock().await;
         match &*cache {
             AcmeCache::Ready(a) => return Some(a.clone()),
             AcmeCache::Failed(_, at)
@@ -222,7 +253,7 @@ impl Runner {
             }
             _ => {}
         }
-        match Acme::connect_quick(&self.cfg.acme, &self.state).await {
+        match Acme::connect_quick(&self.cfg.acme.at(ca), &self.state).await {
             Ok(a) => {
                 let a = Arc::new(a);
                 *cache = AcmeCache::Ready(a.clone());
@@ -230,6 +261,7 @@ impl Runner {
             }
             Err(e) => {
                 warn!(
+                    directory = %ca.directory,
                     "cannot reach the CA for ARI; certificates that are not due use their renew_before threshold: {e}"
                 );
                 *cache = AcmeCache::Failed(Arc::new(e), tokio::time::Instant::now());

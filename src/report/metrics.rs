@@ -268,6 +268,9 @@ mod tests {
             ari_next_poll: None,
             warnings: Vec::new(),
             endpoints: Vec::new(),
+            issuer: None,
+            ca: None,
+            fallback_from: None,
             times: RowTimes {
                 not_after: Some(1_900_000_000),
                 renew_at: 1_800_000_000,

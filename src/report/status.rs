@@ -67,6 +67,13 @@ pub struct StatusRow {
     pub warnings: Vec<String>,
     /// The last result of each `verify` endpoint.
     pub endpoints: Vec<crate::state::EndpointResult>,
+    /// The directory of the CA that issued the installed certificate, as recorded
+    /// (`None`: the primary, or installed before the issuer was recorded).
+    pub issuer: Option<String>,
+    /// The fallback CA the next order goes to, if the primary kept failing.
+    pub ca: Option<String>,
+    /// The CA the certificate last moved away from, while that move stands.
+    pub fallback_from: Option<String>,
     /// Unix timestamps of the above, for metrics.
     #[serde(skip)]
     pub times: RowTimes,
@@ -127,6 +134,9 @@ pub fn status_row(f: &Facts) -> StatusRow {
         ari_next_poll: rec.ari_next_poll.map(rfc3339),
         warnings: f.warnings.clone(),
         endpoints: rec.endpoints.clone(),
+        issuer: rec.issuer.clone(),
+        ca: rec.ca.clone(),
+        fallback_from: rec.fallback_from.clone(),
         times: RowTimes {
             not_after: info.map(|i| i.not_after.unix_timestamp()),
             renew_at: d.renew_at.unix_timestamp(),
