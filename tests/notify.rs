@@ -306,3 +306,67 @@ fn a_webhook_that_fails_or_hangs_changes_nothing_and_gets_what_it_missed_later()
         "{bodies:#?}"
     );
 }
+
+/// The same outage under `certkeeper run`: the CA is down when the daemon starts (no
+/// certificate yet), the retry ladder runs at 60x speed (`CERTKEEPER_FAULT_TIME_SCALE`,
+/// debug builds), and the daemon notifies from its own passes: one `renewal_failed` after
+/// the second failure, one `resolved` once it recovers by itself.
+#[test]
+fn the_daemon_notifies_an_outage_once_and_its_end_once() {
+    let mut env = TestEnv::with_pebble(PebbleOpts::default());
+    env.pebble.as_mut().unwrap().stop_ca();
+    let r = Receiver::start(env.root());
+    let body = format!(
+        "{}\n{}\n{}",
+        notify_table(&env, &r, ""),
+        env.defaults_http01(""),
+        env.cert_block("www", &["www.example.com"], ""),
+    );
+    let cfg = env.write_config(&body);
+    let (cert, _) = env.cert_paths("www");
+    let t0 = std::time::Instant::now();
+    let mut d = common::daemon::Daemon::start_env(
+        &env,
+        "daemon",
+        &cfg,
+        &[("CERTKEEPER_FAULT_TIME_SCALE", "60")],
+    );
+    let failed = wait_for(Duration::from_secs(60), || {
+        !events_named(&hook_events(&env), "renewal_failed").is_empty()
+    });
+    assert!(failed, "no renewal_failed from the daemon:\n{}", d.log());
+    assert_eq!(
+        hook_events(&env).len(),
+        1,
+        "only renewal_failed so far: {:#?}",
+        hook_events(&env)
+    );
+    env.pebble.as_mut().unwrap().restart_ca("pebble2");
+    let resolved = wait_for(Duration::from_secs(90), || {
+        !events_named(&hook_events(&env), "resolved").is_empty()
+    });
+    assert!(resolved, "no resolved after the CA came back:\n{}", d.log());
+    assert!(cert.exists(), "resolved, but nothing installed");
+    eprintln!(
+        "FIGURE daemon outage of {:?}: notifications {:?}",
+        t0.elapsed(),
+        hook_events(&env)
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect::<Vec<_>>()
+    );
+    // Give a late duplicate the chance to show up, then count.
+    std::thread::sleep(Duration::from_secs(2));
+    let names: Vec<String> = hook_events(&env)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["renewal_failed", "resolved"], "{}", d.log());
+    let bodies: Vec<String> = r
+        .bodies()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bodies, ["renewal_failed", "resolved"]);
+    assert!(d.is_running());
+}
