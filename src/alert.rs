@@ -446,19 +446,7 @@ type WebhookClient = hyper_util::client::legacy::Client<
 
 /// An http/https client trusting the system's roots and `notify.ca_bundle`.
 fn webhook_client(n: &NotifyConfig) -> Result<WebhookClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    if let Some(b) = &n.ca_bundle {
-        for c in
-            crate::inventory::read_pem_certs(b).map_err(|e| format!("notify.ca_bundle: {e}"))?
-        {
-            roots
-                .add(c)
-                .map_err(|e| format!("notify.ca_bundle {}: {e}", b.display()))?;
-        }
-    }
+    let roots = crate::inventory::trust_roots(n.ca_bundle.as_deref(), "notify.ca_bundle")?;
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();

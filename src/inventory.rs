@@ -117,6 +117,25 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFi
     })
 }
 
+/// The system's root certificates plus those of `bundle` (the CA's `ca_bundle`, a
+/// webhook receiver's), for every HTTPS client certkeeper makes. `key` names the config
+/// key in errors (`acme.ca_bundle: ...`). The store may be empty: the caller decides.
+pub fn trust_roots(bundle: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(bundle) = bundle {
+        let certs = read_pem_certs(bundle).map_err(|e| format!("{key}: {e}"))?;
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("{key} {}: {e}", bundle.display()))?;
+        }
+    }
+    Ok(roots)
+}
+
 /// Parses all `CERTIFICATE` blocks in PEM text.
 pub fn parse_pem_certs(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(data).collect();

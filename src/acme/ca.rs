@@ -94,20 +94,8 @@ fn roots(cfg: &AcmeConfig) -> Result<rustls::RootCertStore, AcmeError> {
         step: "TLS setup",
         message,
     };
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
-    }
-    if let Some(bundle) = &cfg.ca_bundle {
-        let certs = crate::inventory::read_pem_certs(bundle)
-            .map_err(|e| other(format!("acme.ca_bundle: {e}")))?;
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| other(format!("acme.ca_bundle {}: {e}", bundle.display())))?;
-        }
-    }
+    let roots =
+        crate::inventory::trust_roots(cfg.ca_bundle.as_deref(), "acme.ca_bundle").map_err(other)?;
     if roots.is_empty() {
         return Err(other(
             "no trusted root certificates: install ca-certificates or set acme.ca_bundle".into(),

@@ -7,11 +7,7 @@ use crate::timefmt::format_duration;
 
 /// Renders the status table for humans.
 pub fn status_table(rows: &[StatusRow]) -> String {
-    let remaining = |r: &StatusRow| match r.remaining_seconds {
-        Some(s) if s >= 0 => format_duration(Duration::from_secs(s as u64)),
-        Some(s) => format!("-{}", format_duration(Duration::from_secs((-s) as u64))),
-        None => "-".into(),
-    };
+    let remaining = |r: &StatusRow| remaining(r.remaining_seconds);
     let header = [
         "NAME",
         "DOMAINS",
@@ -46,7 +42,23 @@ pub fn status_table(rows: &[StatusRow]) -> String {
             err,
         ]);
     }
-    let widths: Vec<usize> = (0..header.len() - 1)
+    render(&table)
+}
+
+/// Time left as the tables show it (`2d3h`, `-5h` once expired, `-` when unknown).
+pub(super) fn remaining(seconds: Option<i64>) -> String {
+    match seconds {
+        Some(s) if s >= 0 => format_duration(Duration::from_secs(s as u64)),
+        Some(s) => format!("-{}", format_duration(Duration::from_secs((-s) as u64))),
+        None => "-".into(),
+    }
+}
+
+/// Lays out rows (the first is the header) in columns two spaces apart, the last one
+/// free-width, so every table reads the same way.
+pub(super) fn render(table: &[Vec<String>]) -> String {
+    let last = table.first().map_or(0, |h| h.len().saturating_sub(1));
+    let widths: Vec<usize> = (0..last)
         .map(|c| {
             table
                 .iter()
@@ -56,9 +68,9 @@ pub fn status_table(rows: &[StatusRow]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for row in &table {
+    for row in table {
         for (c, cell) in row.iter().enumerate() {
-            if c + 1 < row.len() {
+            if c < last {
                 out.push_str(&format!("{cell:<w$}  ", w = widths[c]));
             } else {
                 out.push_str(cell);

@@ -2,14 +2,12 @@
 //! ones (state `watched`), in their own table for humans, and in the metrics. A view over
 //! [`crate::watched::look`], like the rest of `report`.
 
-use std::time::Duration;
-
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::StatusRow;
 use crate::config::Config;
-use crate::timefmt::{format_duration, rfc3339};
+use crate::timefmt::rfc3339;
 use crate::watched::{self, Watched};
 
 /// One watched file (or endpoint) in `status`.
@@ -90,11 +88,6 @@ pub fn watch_table(rows: &[WatchRow]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let remaining = |r: &WatchRow| match r.remaining_seconds {
-        Some(s) if s >= 0 => format_duration(Duration::from_secs(s as u64)),
-        Some(s) => format!("-{}", format_duration(Duration::from_secs((-s) as u64))),
-        None => "-".into(),
-    };
     let mut table = vec![
         [
             "WATCH",
@@ -118,32 +111,11 @@ pub fn watch_table(rows: &[WatchRow]) -> String {
             r.name.clone(),
             r.source.clone(),
             r.not_after.clone().unwrap_or_else(|| "-".into()),
-            remaining(r),
+            super::table::remaining(r.remaining_seconds),
             r.warn_at.clone().unwrap_or_else(|| "-".into()),
             r.state.into(),
             problem,
         ]);
     }
-    let last = table[0].len() - 1;
-    let widths: Vec<usize> = (0..last)
-        .map(|c| {
-            table
-                .iter()
-                .map(|row| row[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in &table {
-        for (c, cell) in row.iter().enumerate() {
-            if c < last {
-                out.push_str(&format!("{cell:<w$}  ", w = widths[c]));
-            } else {
-                out.push_str(cell);
-            }
-        }
-        out.push('\n');
-    }
-    out
+    super::table::render(&table)
 }
