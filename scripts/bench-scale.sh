@@ -49,6 +49,7 @@ ensure_debian_packages "pebble pebble-challtestsrv lego certbot /usr/bin/time op
 target_dir=${CARGO_TARGET_DIR:-target}
 case $target_dir in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
 ensure_cargo
+ensure_build_deps
 log "building the inventory generator (and certkeeper unless CERTKEEPER_BIN is set)"
 if [ -n "${CERTKEEPER_BIN:-}" ]; then
     cargo build --release --example gen_inventory

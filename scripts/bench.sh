@@ -89,6 +89,7 @@ if [ -n "${CERTKEEPER_BIN:-}" ]; then
 else
     # shellcheck disable=SC2119 # no extra components needed
     ensure_cargo
+    ensure_build_deps
     log "building certkeeper (cargo build --release)"
     cargo build --release --bin certkeeper
     target_dir=${CARGO_TARGET_DIR:-target}

@@ -53,11 +53,23 @@ apt_install() {
 # server with STARTTLS (Debian's python3-aiosmtpd, run by /usr/bin/python3), and
 # promtool (Debian's prometheus package, which does not start a server here).
 ensure_acme_test_deps() {
-    ensure_debian_packages "pebble pebble-challtestsrv openssl curl nginx haproxy promtool" \
-        pebble openssl curl ca-certificates nginx-light haproxy prometheus || return 1
+    ensure_debian_packages "pebble pebble-challtestsrv openssl curl nginx haproxy promtool etcd etcdctl" \
+        pebble openssl curl ca-certificates nginx-light haproxy prometheus etcd-server etcd-client || return 1
+    ensure_build_deps || return 1
     if ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
         log "missing: aiosmtpd; installing Debian packages: python3-aiosmtpd"
         apt_install python3 python3-aiosmtpd || return 1
+    fi
+}
+
+# ensure_build_deps: what building certkeeper needs beyond cargo: protoc and the
+# protobuf well-known types (google/protobuf/*.proto), for etcd-client's generated
+# gRPC code (fleet mode).
+ensure_build_deps() {
+    ensure_debian_packages protoc protobuf-compiler libprotobuf-dev || return 1
+    if [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
+        log "missing: google/protobuf/descriptor.proto; installing Debian packages: libprotobuf-dev"
+        apt_install libprotobuf-dev || return 1
     fi
 }
 

@@ -48,6 +48,10 @@ pub enum ChallengeError {
         /// The token, escaped and truncated for display.
         token: String,
     },
+    /// The fleet's token store (etcd) did not take the key authorization, so the replica
+    /// the CA's request reaches could not answer it.
+    #[error("cannot publish the HTTP-01 token to the fleet: {0}")]
+    Shared(String),
     /// The DNS hook failed.
     #[error("DNS-01 hook for {record}: {source}")]
     Dns {
@@ -80,18 +84,48 @@ fn display_token(token: &str) -> String {
     shown
 }
 
+/// A boxed future, for the object-safe [`SharedTokens`].
+pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where a fleet keeps the HTTP-01 answers of all its replicas: the CA's request lands on
+/// whichever replica the load balancer picks, so each responder also answers the tokens
+/// another replica's order published. Implemented by [`crate::fleet`] over etcd.
+pub trait SharedTokens: Send + Sync + std::fmt::Debug {
+    /// Makes `token` answerable by every replica (bounded; an error fails the order).
+    fn publish<'a>(
+        &'a self,
+        token: &'a str,
+        key_authorization: &'a str,
+    ) -> BoxFut<'a, Result<(), String>>;
+    /// Removes it again (best effort).
+    fn withdraw<'a>(&'a self, token: &'a str) -> BoxFut<'a, ()>;
+    /// The key authorization another replica published, if any (bounded).
+    fn lookup<'a>(&'a self, token: &'a str) -> BoxFut<'a, Option<String>>;
+}
+
+/// The fleet's token store, when fleet mode is on.
+type SharedSlot = Arc<std::sync::RwLock<Option<Arc<dyn SharedTokens>>>>;
+
 /// The built-in HTTP-01 responders, one per listen address, shared by all certificates and
 /// kept running for the life of the process once started.
 #[derive(Debug, Clone, Default)]
 pub struct Responders {
     servers: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Tokens>>>,
+    shared: SharedSlot,
 }
 
 async fn serve_token(
-    State(tokens): State<Tokens>,
+    State((tokens, shared)): State<(Tokens, SharedSlot)>,
     UrlPath(token): UrlPath<String>,
 ) -> (StatusCode, String) {
-    let found = tokens.lock().expect("tokens lock").get(&token).cloned();
+    let mut found = tokens.lock().expect("tokens lock").get(&token).cloned();
+    let fleet = shared.read().expect("shared tokens lock").clone();
+    if found.is_none()
+        && valid_token(&token)
+        && let Some(fleet) = fleet
+    {
+        found = fleet.lookup(&token).await;
+    }
     match found {
         Some(ka) => {
             debug!(token, "served HTTP-01 challenge");
@@ -102,6 +136,16 @@ async fn serve_token(
 }
 
 impl Responders {
+    /// Serves (and publishes to) the fleet's tokens from now on.
+    pub fn set_shared(&self, shared: Arc<dyn SharedTokens>) {
+        *self.shared.write().expect("shared tokens lock") = Some(shared);
+    }
+
+    /// The fleet's token store, if fleet mode is on.
+    pub fn shared(&self) -> Option<Arc<dyn SharedTokens>> {
+        self.shared.read().expect("shared tokens lock").clone()
+    }
+
     /// Returns the token table of the responder on `addr`, starting it if needed.
     pub async fn get(&self, addr: SocketAddr) -> Result<Tokens, ChallengeError> {
         let mut servers = self.servers.lock().await;
@@ -114,7 +158,7 @@ impl Responders {
             .map_err(|source| ChallengeError::Listen { addr, source })?;
         let app = axum::Router::new()
             .route("/.well-known/acme-challenge/{token}", get(serve_token))
-            .with_state(tokens.clone());
+            .with_state((tokens.clone(), self.shared.clone()));
         info!(%addr, "HTTP-01 responder listening");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -143,6 +187,11 @@ pub struct ChallengeSpec {
 enum Item {
     Token {
         tokens: Tokens,
+        token: String,
+    },
+    /// A token published to the fleet: withdrawn at cleanup.
+    Shared {
+        shared: Arc<dyn SharedTokens>,
         token: String,
     },
     File(PathBuf),
@@ -208,6 +257,16 @@ impl Provisioned {
                     tokens,
                     token: spec.token.clone(),
                 });
+                if let Some(shared) = responders.shared() {
+                    self.items.push(Item::Shared {
+                        shared: shared.clone(),
+                        token: spec.token.clone(),
+                    });
+                    shared
+                        .publish(&spec.token, &spec.key_authorization)
+                        .await
+                        .map_err(ChallengeError::Shared)?;
+                }
             }
             Challenge::Http01Webroot(root) => {
                 self.check_token(&spec.token)?;
@@ -260,6 +319,7 @@ impl Provisioned {
                         warn!(cert = %self.cert, "could not clear DNS-01 record {record}: {e}");
                     }
                 }
+                Item::Shared { shared, token } => shared.withdraw(&token).await,
                 other => remove_sync(other),
             }
         }
@@ -270,6 +330,13 @@ fn remove_sync(item: Item) {
     match item {
         Item::Token { tokens, token } => {
             tokens.lock().expect("tokens lock").remove(&token);
+        }
+        Item::Shared { shared, token } => {
+            // Cancelled mid-order: withdraw in the background if a runtime is there; the
+            // token's lease removes it anyway when this replica stops.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { shared.withdraw(&token).await });
+            }
         }
         Item::File(p) => {
             if let Err(e) = std::fs::remove_file(&p)

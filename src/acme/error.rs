@@ -217,6 +217,8 @@ pub fn challenge_class(e: &ChallengeError) -> ErrorClass {
     match e {
         ChallengeError::Listen { .. } | ChallengeError::Webroot { .. } => ErrorClass::Local,
         ChallengeError::BadToken { .. } => ErrorClass::Permanent,
+        // etcd trouble while publishing a token: it comes back by itself.
+        ChallengeError::Shared(_) => ErrorClass::Transient,
         ChallengeError::Dns { source, .. } => match source {
             HookError::Timeout { .. } => ErrorClass::Transient,
             HookError::Spawn { .. } | HookError::Failed { .. } | HookError::Signal { .. } => {

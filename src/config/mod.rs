@@ -13,6 +13,7 @@
 //! `validate` raw -> validated, `alias` canonical paths and the aliasing check.
 
 mod alias;
+pub mod cluster;
 mod fallback;
 mod limits;
 mod notify;
@@ -116,7 +117,7 @@ impl std::error::Error for ConfigErrors {}
 /// A string that must never be printed: Debug and Display show `***`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(pub(super) String);
 
 impl Secret {
     /// The secret itself, for the one place that needs it (the ACME account binding).
@@ -422,6 +423,41 @@ pub struct Config {
     pub watches: Vec<WatchConfig>,
     /// Where alerts go (`[notify]`); `None` costs nothing at run time.
     pub notify: Option<NotifyConfig>,
+    /// Fleet mode (`[cluster]`): replicas coordinate through etcd; `None` changes nothing.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several replicas serving the same names order each certificate once,
+/// through an etcd lock, and all install what the orderer published.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// etcd client endpoints (`http(s)://host:port`).
+    pub etcd: Vec<String>,
+    /// Every key this fleet writes lives under it, so fleets can share one etcd.
+    pub prefix: String,
+    /// This replica's name in locks and reports (the host name by default).
+    pub node_name: String,
+    /// The lease of this replica's locks: a dead orderer's lock is free after it.
+    pub lease_ttl: Duration,
+    /// The fleet key private keys are sealed under before they reach etcd (None only
+    /// while the config has errors).
+    pub seal_key: Option<crate::seal::SealKey>,
+    /// Where the fleet key was read from (shown by `check`).
+    pub seal_key_file: PathBuf,
+    /// Below this much remaining lifetime a replica orders alone when etcd is down.
+    pub emergency_before: RenewBefore,
+    /// Bound on each etcd request.
+    pub request_timeout: Duration,
+    /// Extra roots for https:// endpoints.
+    pub ca_bundle: Option<PathBuf>,
+    /// Client certificate for mTLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// Client key for mTLS.
+    pub client_key: Option<PathBuf>,
+    /// etcd user (with `password`).
+    pub user: Option<String>,
+    /// etcd password; never shown.
+    pub password: Option<Secret>,
 }
 
 /// A certificate from a private PKI or a vendor that no ACME agent renews: certkeeper

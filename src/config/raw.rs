@@ -132,6 +132,26 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "watch")]
     pub(super) watches: Vec<Spanned<RawWatch>>,
     pub(super) notify: Option<Spanned<RawNotify>>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+}
+
+/// The `[cluster]` section (fleet mode), before endpoints and the seal key are checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    #[serde(default)]
+    pub(super) etcd: Vec<Spanned<String>>,
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) node_name: Option<Spanned<String>>,
+    pub(super) lease_ttl: Option<Spanned<Parsed<HumanDuration>>>,
+    pub(super) seal_key_file: Option<Spanned<PathBuf>>,
+    pub(super) emergency_before: Option<Spanned<Parsed<RenewBefore>>>,
+    pub(super) request_timeout: Option<Spanned<Parsed<HumanDuration>>>,
+    pub(super) ca_bundle: Option<Spanned<PathBuf>>,
+    pub(super) client_cert: Option<Spanned<PathBuf>>,
+    pub(super) client_key: Option<Spanned<PathBuf>>,
+    pub(super) user: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<String>>,
 }
 
 /// One `[[watch]]` section: a certificate certkeeper does not issue.

@@ -39,6 +39,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         strict_modes,
         watches,
         notify,
+        cluster,
     } = raw;
     let mut locs = BTreeMap::new();
     let state_dir = match &state_dir {
@@ -57,6 +58,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         .extend(path_alias_errors(&certs, ctx.file, &mut HashMap::new()));
     let watches = super::watch::watch_sections(&watches, &certs, ctx);
     let notify = notify.map(|n| super::notify::notify_section(n, ctx, &mut locs));
+    let cluster = cluster.map(|c| super::cluster::cluster_section(c, ctx, &mut locs));
     let strict_modes = strict_modes.as_ref().is_some_and(|s| {
         locs.insert("strict_modes".into(), ctx.loc(&s.span()));
         *s.get_ref()
@@ -71,6 +73,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         locs,
         watches,
         notify,
+        cluster,
     }
 }
 
