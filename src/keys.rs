@@ -25,6 +25,12 @@ pub enum KeyError {
         /// rcgen's error.
         source: rcgen::Error,
     },
+    /// A stored key (an order in flight a fleet replica left) could not be read.
+    #[error("cannot read the stored key of the order in flight: {source}")]
+    Stored {
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
     /// Signing the CSR with the new key failed.
     #[error("cannot sign the CSR: {source}")]
     CsrSign {
@@ -43,6 +49,12 @@ pub fn generate(kind: KeyType) -> Result<KeyPair, KeyError> {
         KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
     };
     r.map_err(|source| KeyError::Generate { kind, source })
+}
+
+/// The key of an order a fleet replica placed and could not finish (PEM), so the
+/// replica that takes over finalizes that order with a CSR of the same key.
+pub fn from_pem(pem: &str) -> Result<KeyPair, KeyError> {
+    KeyPair::from_pem(pem).map_err(|source| KeyError::Stored { source })
 }
 
 /// A DER CSR for `domains`, signed by `key`; the first name is also the subject CN, which

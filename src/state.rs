@@ -95,6 +95,11 @@ pub struct CertRecord {
     /// When the move in `fallback_from` happened.
     #[serde(with = "time::serde::rfc3339::option")]
     pub fallback_at: Option<OffsetDateTime>,
+    /// Fleet mode: the serial of a set this replica ordered alone while etcd was
+    /// unavailable (the emergency), not yet published; it is published when etcd is back
+    /// if it is newer than the fleet's, so the fleet converges on one set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_unpublished: Option<String>,
 }
 
 /// What one `verify` endpoint served the last time it was probed.

@@ -66,6 +66,19 @@ pub struct OrderRequest<'a> {
     pub csr_der: &'a [u8],
     /// The leaf being replaced, for ARI's `replaces`.
     pub replaces: Option<&'a [u8]>,
+    /// An order placed earlier (by a replica that died): resumed where the CA still
+    /// holds it, instead of placing a new one. A resumed order that is invalid or gone
+    /// gives way to a new order.
+    pub resume: Option<&'a str>,
+    /// Told the URL of a newly created order before any challenge is published, so a
+    /// replica taking over can resume it. An error here fails the order.
+    pub on_created: Option<&'a dyn OnCreated>,
+}
+
+/// Told the URL of each new order ([`OrderRequest::on_created`]).
+pub trait OnCreated: Send + Sync {
+    /// Records `url`; an error fails the order before any challenge is published.
+    fn created(&self, url: String) -> crate::challenge::BoxFut<'_, Result<(), String>>;
 }
 
 /// A connected ACME account.
@@ -179,6 +192,40 @@ impl Acme {
             .await
     }
 
+    /// The resumed order when it is still usable, else a new one (announced to
+    /// `on_created`).
+    async fn resume_or_create(
+        &self,
+        req: &OrderRequest<'_>,
+    ) -> Result<instant_acme::Order, AcmeError> {
+        if let Some(url) = req.resume {
+            match step!(self, "resume order", self.account.order(url.to_string())) {
+                Ok(mut o) => {
+                    let status = o.state().status;
+                    if status != instant_acme::OrderStatus::Invalid {
+                        info!(order = %url, ?status, "fleet: resuming the order");
+                        return Ok(o);
+                    }
+                    info!(order = %url, "the order in flight is invalid; placing a new one");
+                }
+                Err(e) => {
+                    info!(order = %url, "the order in flight cannot be resumed ({e}); placing a new one")
+                }
+            }
+        }
+        let order = self.create_order(req.cert, req.replaces).await?;
+        info!(order = %order.url(), "order created");
+        if let Some(cb) = req.on_created {
+            cb.created(order.url().to_string())
+                .await
+                .map_err(|message| AcmeError::Other {
+                    step: "new order",
+                    message,
+                })?;
+        }
+        Ok(order)
+    }
+
     async fn order_scoped(
         &self,
         req: &OrderRequest<'_>,
@@ -194,10 +241,9 @@ impl Acme {
         };
         self.ca.check_hold()?;
         self.check_profile(cert)?;
-        let mut order = tokio::time::timeout_at(deadline, self.create_order(cert, req.replaces))
+        let mut order = tokio::time::timeout_at(deadline, self.resume_or_create(req))
             .await
             .map_err(|_| timed_out("new order"))??;
-        info!(order = %order.url(), "order created");
 
         let mut provisioned =
             Provisioned::new(&cert.name, cert.hook_timeout).with_ca(self.directory());

@@ -108,9 +108,16 @@ impl Acme {
         solver: &mut Solver<'_>,
         csr_der: &[u8],
     ) -> Result<ChainPem, AcmeError> {
-        self.solve_authorizations(order, solver).await?;
-        self.wait_ready(order).await?;
-        step!(self, "finalize", order.finalize_csr(csr_der))?;
+        // A resumed order may be further along: solve only what is pending, finalize
+        // only what is not finalized yet.
+        let status = order.state().status;
+        if status == OrderStatus::Pending {
+            self.solve_authorizations(order, solver).await?;
+            self.wait_ready(order).await?;
+        }
+        if matches!(status, OrderStatus::Pending | OrderStatus::Ready) {
+            step!(self, "finalize", order.finalize_csr(csr_der))?;
+        }
         let chain = self.download(order).await?;
         info!("certificate issued");
         Ok(chain)

@@ -490,15 +490,13 @@ impl Fleet {
             .unwrap_or_else(|| creds.to_vec()))
     }
 
-    /// Takes one unit of the fleet-wide order budget of a CA: the timestamps of orders
-    /// within `window`, updated by compare-and-swap so replicas never overspend. Returns
-    /// `Err(reopens_at)` when the budget is spent.
+    /// Applies `spend` to the fleet-wide order times of a CA (`budget/<ca>`) by
+    /// compare-and-swap, so replicas never overspend the CA's limit between them.
+    /// `spend` returns `Err(reopens_at)` when the budget is used up.
     pub async fn spend_budget(
         &self,
         directory: &str,
-        limit: u32,
-        window: Duration,
-        now: OffsetDateTime,
+        mut spend: impl FnMut(&mut Vec<OffsetDateTime>) -> Result<(), OffsetDateTime>,
     ) -> Result<Result<(), OffsetDateTime>, FleetError> {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let key = self.key(&format!("budget/{}", ca_key(directory)));
@@ -512,20 +510,18 @@ impl Fleet {
                         .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
                 })
                 .await?;
-            let (mut stamps, rev): (Vec<i64>, i64) = match cur {
+            let (stamps, rev): (Vec<i64>, i64) = match cur {
                 Some((b, rev)) => (serde_json::from_slice(&b).unwrap_or_default(), rev),
                 None => (Vec::new(), 0),
             };
-            let since = (now - window).unix_timestamp();
-            stamps.retain(|t| *t > since);
-            stamps.sort_unstable();
-            if stamps.len() >= limit as usize {
-                let reopen = stamps[stamps.len() - limit as usize] + window.as_secs() as i64 + 1;
-                return Ok(Err(
-                    OffsetDateTime::from_unix_timestamp(reopen).unwrap_or(now + window)
-                ));
+            let mut times: Vec<OffsetDateTime> = stamps
+                .into_iter()
+                .filter_map(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                .collect();
+            if let Err(until) = spend(&mut times) {
+                return Ok(Err(until));
             }
-            stamps.push(now.unix_timestamp());
+            let stamps: Vec<i64> = times.iter().map(|t| t.unix_timestamp()).collect();
             let bytes = serde_json::to_vec(&stamps).unwrap_or_default();
             let k = key.clone();
             let swapped = self
@@ -542,7 +538,7 @@ impl Fleet {
             }
         }
         Err(FleetError::Unavailable(
-            "the fleet budget is contended; try again".into(),
+            "the fleet's order budget stayed contended over 16 tries".into(),
         ))
     }
 }

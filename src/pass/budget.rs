@@ -63,6 +63,29 @@ impl Runner {
         let (state, directory) = (self.state.clone(), directory.to_string());
         let has_cert = disk.info().is_some();
         let now = self.now();
+        if let Some(fleet) = &self.fleet {
+            // The fleet's budget, counted in etcd for every replica; etcd being down
+            // (an emergency order) falls back to this replica's own count.
+            let exempt = exempt && sends_replaces(&self.state.load_ca(&directory)?, has_cert);
+            match fleet
+                .spend_budget(&directory, |times| {
+                    if exempt {
+                        Ok(())
+                    } else {
+                        budget::spend(times, &limit, now)
+                    }
+                })
+                .await
+            {
+                Ok(spent) => {
+                    return spent.map_err(|until| PassError::Deferred {
+                        message: budget::deferred_message(&limit, until),
+                        until,
+                    });
+                }
+                Err(e) => warn!("fleet: counting this order in this replica's own budget: {e}"),
+            }
+        }
         let spent = tokio::task::spawn_blocking(move || {
             let mut verdict = Ok(());
             state.update_ca(&directory, |ca| {

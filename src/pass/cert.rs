@@ -166,6 +166,11 @@ impl Runner {
         force: bool,
         now: OffsetDateTime,
     ) -> CertResult {
+        // Fleet mode: the fleet's set, when it differs from the files, is installed
+        // instead of anything being decided here.
+        if let Some(adopted) = self.fleet_adopt(cert, &look.disk, rec).await {
+            return adopted;
+        }
         let decision = &look.decision;
         if !decision.due && !force {
             return self.not_due(cert, &look.disk, decision, rec, now).await;

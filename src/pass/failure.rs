@@ -55,6 +55,10 @@ pub enum PassError {
         "not ordering: the outcome could not be recorded in the state directory ({0}); an order whose failure cannot be recorded would be repeated on every run"
     )]
     Unrecordable(StateError),
+    /// Fleet mode: etcd trouble, a lost lock (another replica's result stands, nothing
+    /// installed), or an unusable entry.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// The CA's order budget (`acme.max_new_orders`) is spent: no order was sent. Not a
     /// failure; the pass records a deferral instead of a step on the ladder.
     #[error("{message}")]
@@ -80,7 +84,7 @@ impl PassError {
             Self::Connect { hold: Some(_), .. } | Self::Deferred { .. } => ErrorClass::RateLimited,
             Self::Connect { error, .. } => error.class(),
             Self::Verify(_) | Self::Conflict(_) => ErrorClass::Permanent,
-            Self::Internal(_) => ErrorClass::Transient,
+            Self::Internal(_) | Self::Fleet(_) => ErrorClass::Transient,
             Self::Keys(_)
             | Self::Install(_)
             | Self::RollForward(_)

@@ -16,6 +16,7 @@ mod cert;
 mod disk;
 mod failure;
 mod fingerprint;
+mod fleet;
 mod order;
 mod record;
 mod reload;
@@ -93,13 +94,24 @@ pub async fn renew(
     let state = StateDir::create(&cfg.state_dir)?;
     let _lock = state.lock("certkeeper renew")?;
     roll_forward_unselected(&cfg, &state, &selected, &clock);
-    let runner = Arc::new(Runner::new(
-        cfg.clone(),
-        state,
-        Responders::default(),
-        clock,
-    ));
+    let responders = Responders::default();
+    let fleet = fleet_of(&cfg, &responders)?;
+    let runner = Arc::new(Runner::new(cfg.clone(), state, responders, clock).with_fleet(fleet));
     Ok(run_all(runner, selected, opts.force).await)
+}
+
+/// The fleet connection when `[cluster]` is configured; its responders then also serve
+/// (and publish to) the fleet's HTTP-01 tokens.
+pub fn fleet_of(
+    cfg: &Config,
+    responders: &Responders,
+) -> Result<Option<Arc<crate::fleet::Fleet>>, RunError> {
+    let Some(c) = &cfg.cluster else {
+        return Ok(None);
+    };
+    let fleet = crate::fleet::Fleet::new(c).map_err(|e| RunError::Usage(e.to_string()))?;
+    responders.set_shared(Arc::new(fleet.clone()));
+    Ok(Some(fleet))
 }
 
 /// Certificates not selected still get their interrupted installs completed, so no

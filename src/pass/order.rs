@@ -8,10 +8,12 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use super::fingerprint::set_fingerprint;
+use super::fleet::Gate;
 use super::record::{mark_installed, note_error, record_failure};
 use super::{CertResult, Fingerprint, PassError, Runner};
-use crate::acme::{Acme, AcmeError, OrderRequest};
+use crate::acme::{Acme, AcmeError, OnCreated, OrderRequest};
 use crate::config::{CaConfig, CertConfig};
+use crate::fleet::LockGuard;
 use crate::inventory::{self, CertInfo, OnDisk};
 use crate::keys;
 use crate::policy::{self, Decision, ErrorClass};
@@ -109,6 +111,11 @@ impl Runner {
         if let Some(refused) = self.breaker_refusal(cert, rec, force, now) {
             return refused;
         }
+        let lock = match self.fleet_gate(cert, disk, rec, force, now).await {
+            Gate::Order(lock) => lock,
+            Gate::Done(result) => return result,
+        };
+        let alone = self.fleet.is_some() && lock.is_none();
         let permit = self
             .orders
             .clone()
@@ -117,19 +124,35 @@ impl Runner {
             .expect("semaphore is never closed");
         let reservation = match self.reserve(cert, rec, now) {
             Ok(r) => r,
-            Err(result) => return result,
+            Err(result) => {
+                if let Some(l) = lock {
+                    l.release().await;
+                }
+                return result;
+            }
         };
         crate::fault::point("before-order");
-        let obtained = self.obtain(cert, disk, rec, &reservation.installing).await;
+        let obtained = self
+            .obtain(cert, disk, rec, &reservation.installing, lock.as_ref())
+            .await;
         drop(permit);
         if let Err(PassError::Deferred { message, until }) = obtained {
             // No order was sent: dropping the reservation unsettled puts the record back.
             drop(reservation);
+            if let Some(l) = lock {
+                l.release().await;
+            }
             return self.deferred(cert, rec, message, until, force);
         }
         reservation.settle();
         match obtained {
             Ok((info, fingerprint)) => {
+                if let Some(l) = lock {
+                    l.release().await;
+                }
+                if alone {
+                    rec.fleet_unpublished = Some(info.serial.clone());
+                }
                 let mut r = self.installed(cert, info, rec).await;
                 r.fingerprint = Some(fingerprint);
                 r
@@ -141,6 +164,9 @@ impl Runner {
                     rec.next_attempt_at = Some(next);
                 }
                 error!(next_attempt = %rfc3339(next), "renewal failed: {e}");
+                if let Some(l) = lock {
+                    self.fleet_failed(l, rec, &e).await;
+                }
                 CertResult::failed(cert, e.to_string(), next)
             }
         }
@@ -221,17 +247,46 @@ impl Runner {
         disk: &OnDisk,
         rec: &mut CertRecord,
         installing: &Arc<std::sync::Mutex<bool>>,
+        lock: Option<&LockGuard>,
     ) -> Result<(CertInfo, Fingerprint), PassError> {
         let ca = self.current_ca(cert, rec);
         let acme = self.acme_at(&ca).await?;
-        let (key, csr) = new_key(cert).await?;
-        self.spend_budget(disk, acme.directory()).await?;
+        let resume = self.fleet_resume(lock, cert, acme.directory()).await;
+        let (key, csr) = match &resume {
+            Some(r) => stored_key(cert, &r.key_pem).await?,
+            None => new_key(cert).await?,
+        };
+        // A resumed order is no new order: the budget was spent when it was placed.
+        if resume.is_none() {
+            self.spend_budget(disk, acme.directory()).await?;
+        }
         let at_ca = at_fallback(cert, &ca, &acme, rec.ca.is_some());
+        let key_pem = key.serialize_pem();
+        let record = lock.map(|lock| RecordOrder {
+            lock,
+            directory: acme.directory().to_string(),
+            key_pem: &key_pem,
+        });
+        let inputs = OrderInputs {
+            csr: &csr,
+            resume: resume.as_ref().map(|r| r.url.as_str()),
+            on_created: record.as_ref().map(|r| r as &dyn OnCreated),
+        };
         let chain = self
-            .order_chain(&acme, &ca, &at_ca, disk, rec, &csr)
+            .order_chain(&acme, &ca, &at_ca, disk, rec, &inputs)
             .await?;
-        let (info, set) = verified_set(cert, key.serialize_pem(), chain, self.now())?;
+        let (info, set) = verified_set(cert, key_pem.clone(), chain, self.now())?;
         let fingerprint = set_fingerprint(cert, &set);
+        // Fleet: published (fenced by the lock) before anything is installed, so a
+        // replica that lost its lock installs nothing and the newer set stands.
+        let mut published = None;
+        if let (Some(fleet), Some(lock)) = (&self.fleet, lock) {
+            let rev = self
+                .publish_set(fleet, lock, cert, &info, &set, rec.ca.clone())
+                .await?;
+            info!(revision = rev, serial = %info.serial, "fleet: published");
+            published = Some((fleet.clone(), rev));
+        }
         // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
         // stay off the async workers, and a cancelled task (graceful shutdown) cannot stop
         // an install half-way, since a started blocking job always runs to its end.
@@ -246,6 +301,9 @@ impl Runner {
         .map_err(|e| PassError::Install(e.to_string()))?;
         *rec = done.1;
         done.0?;
+        if let Some((fleet, rev)) = published {
+            fleet.report_installed(&cert.name, rev, &info.serial).await;
+        }
         Ok((info, fingerprint))
     }
 
@@ -271,7 +329,7 @@ impl Runner {
         cert: &CertConfig,
         disk: &OnDisk,
         rec: &CertRecord,
-        csr: &[u8],
+        inputs: &OrderInputs<'_>,
     ) -> Result<String, PassError> {
         let ca = self.state.load_ca(acme.directory())?;
         let to_issuer = super::budget::replaces_goes_to(
@@ -286,8 +344,10 @@ impl Runner {
             .map(|info| info.leaf_der.as_slice());
         let req = OrderRequest {
             cert,
-            csr_der: csr,
+            csr_der: inputs.csr,
             replaces,
+            resume: inputs.resume,
+            on_created: inputs.on_created,
         };
         let without = OrderRequest {
             replaces: None,
@@ -346,6 +406,45 @@ fn at_fallback(cert: &CertConfig, ca: &CaConfig, acme: &Acme, is_fallback: bool)
     c
 }
 
+/// What one attempt orders with: the CSR, and in fleet mode the order to resume and the
+/// callback that records a new order's URL for a takeover.
+pub(super) struct OrderInputs<'a> {
+    csr: &'a [u8],
+    resume: Option<&'a str>,
+    on_created: Option<&'a dyn OnCreated>,
+}
+
+/// Records a new order's URL and key under the fleet lock, so a replica taking over a
+/// dead orderer's lock resumes that order instead of placing another.
+struct RecordOrder<'a> {
+    lock: &'a LockGuard,
+    directory: String,
+    key_pem: &'a str,
+}
+
+impl OnCreated for RecordOrder<'_> {
+    fn created(&self, url: String) -> crate::challenge::BoxFut<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.lock
+                .record_order(&url, &self.directory, self.key_pem)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The key of an order in flight a dead orderer left, and its CSR (off the async workers).
+async fn stored_key(cert: &CertConfig, pem: &str) -> Result<(rcgen::KeyPair, Vec<u8>), PassError> {
+    let (pem, domains) = (pem.to_string(), cert.domains.clone());
+    tokio::task::spawn_blocking(move || {
+        let key = keys::from_pem(&pem)?;
+        let csr = keys::csr_der(&key, &domains)?;
+        Ok((key, csr))
+    })
+    .await
+    .map_err(|e| PassError::Internal(format!("reading the stored key failed: {e}")))?
+}
+
 /// A new key and its CSR. Key generation is CPU-heavy (RSA-4096 takes seconds): off the
 /// async workers, so the HTTP-01 responder and the other certificates keep going.
 async fn new_key(cert: &CertConfig) -> Result<(rcgen::KeyPair, Vec<u8>), PassError> {
@@ -384,7 +483,7 @@ fn verified_set(
 /// Stages and installs a verified set, records it (hooks pending), then clears the
 /// staging area. Blocking. A crash anywhere in here is completed by
 /// [`super::roll_forward`].
-fn install_set(
+pub(super) fn install_set(
     state: &StateDir,
     cert: &CertConfig,
     set: &NewSet,

@@ -42,6 +42,8 @@ pub struct Runner {
     /// the CA all at the same moment. Shared with the runner that replaces this one on a
     /// config reload, so tasks still running under the old config count too.
     pub(super) orders: Arc<Semaphore>,
+    /// Fleet mode: the etcd coordination (`None` without `[cluster]`).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Connections keyed by CA directory; the outer lock is held only to find the slot.
@@ -116,7 +118,14 @@ impl Runner {
             acme: Caches::default(),
             quick: Caches::default(),
             orders,
+            fleet: None,
         }
+    }
+
+    /// The runner in fleet mode (or not, with `None`).
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// The runner for a reloaded config: a fresh ACME connection, but the same order slots,
@@ -133,6 +142,8 @@ impl Runner {
             acme: Caches::default(),
             quick: Caches::default(),
             orders: self.orders.clone(),
+            // `[cluster]` is read at start: a changed one takes a restart.
+            fleet: self.fleet.clone(),
         }
     }
 
