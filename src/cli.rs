@@ -62,4 +62,22 @@ pub enum Command {
     },
     /// Validate the config and the paths it names; exit 0 if all is well, 2 otherwise.
     Check,
+    /// Fleet mode (`[cluster]`): the replicas and what each installed.
+    Cluster {
+        /// What to show.
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
+}
+
+/// `certkeeper cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the nodes, the revision each installed, and who holds each lock; exit 1 when
+    /// etcd is unavailable.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -90,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => Ok(check(&path)),
         Command::Status { json } => status(&path, json, &clock),
+        Command::Cluster {
+            what: certkeeper::cli::ClusterCommand::Status { json },
+        } => cluster_status(&path, json),
         Command::Run => daemon(path, clock),
         Command::Renew {
             force,
@@ -186,12 +189,19 @@ fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCo
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let rows = report::status(&cfg, clock.now());
+    let mut rows = report::status(&cfg, clock.now());
     let watched = report::watched(&cfg, clock.now());
+    let view = fleet_view(&cfg)?;
+    if let Some(v) = &view {
+        report::add_fleet(&mut rows, v);
+    }
     if json {
         let all = report::json_rows(&rows, &watched);
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
+        if let Some(v) = &view {
+            print!("{}", report::cluster_line(v));
+        }
         print!("{}", report::status_table(&rows));
         if !watched.is_empty() {
             print!("\n{}", report::watch_table(&watched));
@@ -203,6 +213,42 @@ fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The fleet's view for `status` (None without `[cluster]`): a few bounded reads.
+fn fleet_view(
+    cfg: &certkeeper::config::Config,
+) -> anyhow::Result<Option<certkeeper::fleet::FleetView>> {
+    let Some(c) = &cfg.cluster else {
+        return Ok(None);
+    };
+    let fleet = certkeeper::fleet::Fleet::new(c)?;
+    Ok(Some(runtime()?.block_on(fleet.view())))
+}
+
+/// `certkeeper cluster status`: exit 1 when etcd is unavailable, 2 without `[cluster]`.
+fn cluster_status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(view) = fleet_view(&cfg)? else {
+        eprintln!(
+            "error: {}: no [cluster] section: this certkeeper is not part of a fleet",
+            path.display()
+        );
+        return Ok(ExitCode::from(2));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", report::cluster_table(&view));
+    }
+    Ok(if view.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `certkeeper run`.

@@ -71,6 +71,9 @@ pub enum DaemonError {
     /// The file watcher could not start.
     #[error("cannot watch files: {0}")]
     Watch(#[from] notify::Error),
+    /// `[cluster]` could not be used.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -89,6 +92,10 @@ struct Daemon {
     shared: SharedConfig,
     watch: Watch,
     events: mpsc::UnboundedReceiver<notify::Event>,
+    /// Fleet mode: certificates whose set changed in etcd (install it now).
+    fleet_wakes: mpsc::UnboundedReceiver<String>,
+    /// Certificates whose fleet set changed while their task ran.
+    fleet_dirty: HashSet<String>,
     hup: Signal,
     schedule: Schedule,
     /// Certificates whose task is running.
@@ -147,6 +154,7 @@ pub async fn run(
                 d.joined(joined).await;
             }
             Some(ev) = d.events.recv() => d.event(&ev),
+            Some(name) = d.fleet_wakes.recv() => d.fleet_changed(name),
             _ = tokio::time::sleep_until(debounce_at), if d.debounce.is_some() => {
                 d.debounced().await;
             }
@@ -169,18 +177,26 @@ impl Daemon {
         let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
         let cfg = Arc::new(cfg);
         let responders = Responders::default();
+        let fleet =
+            pass::fleet_of(&cfg, &responders).map_err(|e| DaemonError::Fleet(e.to_string()))?;
         server::start_responders(&cfg, &responders).await;
         let shared: SharedConfig = Arc::new(RwLock::new(cfg.clone()));
         if let Some(addr) = cfg.metrics_listen {
-            server::serve_metrics(addr, shared.clone(), clock.clone()).await?;
+            server::serve_metrics(addr, shared.clone(), clock.clone(), fleet.clone()).await?;
         }
         spawn_watch_probes(shared.clone(), clock.clone());
+        let (fleet_tx, fleet_wakes) = mpsc::unbounded_channel::<String>();
+        if let Some(f) = &fleet {
+            info!(node = %f.node(), prefix = %f.config().prefix, "fleet mode: coordinating through etcd");
+            tokio::spawn(f.clone().watch_certs(fleet_tx));
+        }
         let runner = Runner::new(
             cfg.clone(),
             state.clone(),
             responders.clone(),
             clock.clone(),
-        );
+        )
+        .with_fleet(fleet);
         let (tx, events) = mpsc::unbounded_channel::<notify::Event>();
         let watch = Watch::start(&cfg, &config_path, tx)?;
         let mut schedule = Schedule::default();
@@ -203,6 +219,8 @@ impl Daemon {
             shared,
             watch,
             events,
+            fleet_wakes,
+            fleet_dirty: HashSet::new(),
             hup,
             schedule,
             busy: HashSet::new(),
@@ -269,7 +287,9 @@ impl Daemon {
         if let Some(f) = res.fingerprint {
             self.seen.insert(name.clone(), f);
         }
-        if changed {
+        if self.fleet_dirty.remove(&name) {
+            self.schedule.set(&name, Instant::now());
+        } else if changed {
             info!(cert = %name, "watched file changed during the pass, re-evaluating");
             self.schedule.set(&name, Instant::now());
         } else {
@@ -296,6 +316,20 @@ impl Daemon {
         } else {
             let retry = crate::fault::scaled(pass::HOOK_RETRY);
             self.schedule.set(&name, Instant::now() + retry);
+        }
+    }
+
+    /// The fleet published a new set of `name`: its task installs it now (or right
+    /// after the running one ends).
+    fn fleet_changed(&mut self, name: String) {
+        if !self.runner.cfg.certs.iter().any(|c| c.name == name) {
+            return;
+        }
+        debug!(cert = %name, "fleet: new set published");
+        if self.busy.contains(&name) {
+            self.fleet_dirty.insert(name);
+        } else {
+            self.schedule.set(&name, Instant::now());
         }
     }
 

@@ -132,6 +132,11 @@ impl Fleet {
         self.last_error.lock().expect("fleet error lock").clone()
     }
 
+    /// What this replica reported installed (certificate -> revision and serial).
+    pub fn installed(&self) -> BTreeMap<String, Installed> {
+        self.report.lock().expect("fleet report").clone()
+    }
+
     /// The full etcd key for `rest` (e.g. `certs/www`).
     pub fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.cfg.prefix)

@@ -35,9 +35,37 @@ pub fn render(rows: &[StatusRow], watched: &[WatchRow]) -> String {
     let mut reg = Registry::with_prefix("certkeeper");
     families.register(&mut reg);
     watch.register(&mut reg);
+    register_fleet(&mut reg, rows);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
+}
+
+/// Fleet mode's series: whether etcd answers (`cluster_available`, the alert for a fleet
+/// that cannot coordinate) and the revision of each set this replica installed. Nothing
+/// without `[cluster]`.
+fn register_fleet(reg: &mut Registry, rows: &[StatusRow]) {
+    let Some(cluster) = rows.iter().find_map(|r| r.cluster) else {
+        return;
+    };
+    let available = Gauge::<i64>::default();
+    available.set(i64::from(cluster == "available"));
+    reg.register(
+        "cluster_available",
+        "Fleet mode: 1 when etcd answered this replica's last request, 0 when it is unavailable",
+        available,
+    );
+    let installed = Family::<Labels, Gauge>::default();
+    for r in rows {
+        if let Some(rev) = r.fleet.as_ref().and_then(|f| f.installed_here) {
+            installed.get_or_create(&labels(&r.name)).set(rev);
+        }
+    }
+    reg.register(
+        "fleet_installed_revision",
+        "Fleet mode: the etcd revision of the fleet's set this replica installed",
+        installed,
+    );
 }
 
 /// Every metric family, filled row by row and then registered in a fixed order.

@@ -3,6 +3,7 @@
 //! the state directory without the network, without the lock and without writing.
 
 mod dry_run;
+mod fleet;
 pub mod metrics;
 mod status;
 mod table;
@@ -17,7 +18,8 @@ use crate::policy::{self, AriWindow, Decision};
 use crate::state::{CertRecord, StateDir};
 
 pub use dry_run::dry_run_line;
-pub use status::{RowTimes, StatusRow, status_row};
+pub use fleet::{add_fleet, add_fleet_local, cluster_line, cluster_table};
+pub use status::{FleetCell, RowTimes, StatusRow, status_row};
 pub use table::status_table;
 pub use watched::{Row, WatchRow, json_rows, watch_row, watch_table, watched};
 

@@ -74,9 +74,29 @@ pub struct StatusRow {
     pub ca: Option<String>,
     /// The CA the certificate last moved away from, while that move stands.
     pub fallback_from: Option<String>,
+    /// Fleet mode: `available` or `unavailable` (`None` without `[cluster]`).
+    pub cluster: Option<&'static str>,
+    /// Fleet mode: the fleet's set of this certificate and who installed it (`None`
+    /// without `[cluster]`, or while etcd is unavailable).
+    pub fleet: Option<FleetCell>,
     /// Unix timestamps of the above, for metrics.
     #[serde(skip)]
     pub times: RowTimes,
+}
+
+/// One certificate in the fleet's view.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetCell {
+    /// The revision of the fleet's set (`None`: the fleet has none yet).
+    pub revision: Option<i64>,
+    /// Its serial.
+    pub serial: Option<String>,
+    /// The node holding the certificate's lock (renewing it now).
+    pub lock_holder: Option<String>,
+    /// The nodes that report this revision installed.
+    pub installed_on: Vec<String>,
+    /// The revision this replica installed, as it reported it.
+    pub installed_here: Option<i64>,
 }
 
 /// The row's times as Unix seconds, for metrics.
@@ -137,6 +157,8 @@ pub fn status_row(f: &Facts) -> StatusRow {
         issuer: rec.issuer.clone(),
         ca: rec.ca.clone(),
         fallback_from: rec.fallback_from.clone(),
+        cluster: None,
+        fleet: None,
         times: RowTimes {
             not_after: info.map(|i| i.not_after.unix_timestamp()),
             renew_at: d.renew_at.unix_timestamp(),
