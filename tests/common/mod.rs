@@ -13,6 +13,7 @@
 
 pub mod a2c;
 pub mod daemon;
+pub mod etcd;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
