@@ -464,6 +464,12 @@ impl Fleet {
             .map_err(|e| FleetError::Corrupt(format!("{aad}: {e}")))
     }
 
+    /// Removes the fleet's account for a CA (the CA no longer knows it).
+    pub async fn forget_account(&self, directory: &str) -> Result<(), FleetError> {
+        self.delete(&format!("accounts/{}", ca_key(directory)))
+            .await
+    }
+
     /// Stores an account for a CA unless one is there; returns the one that stands.
     pub async fn offer_account(
         &self,

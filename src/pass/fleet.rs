@@ -350,8 +350,10 @@ impl Runner {
         disk: &OnDisk,
         rec: &mut CertRecord,
         e: &FleetError,
-        now: OffsetDateTime,
+        _pass_start: OffsetDateTime,
     ) -> Gate {
+        // Waiting for etcd took time (up to request_timeout per try): judge by the clock.
+        let now = self.now();
         let emergency_at = disk.info().map(|i| {
             let life = (i.not_after - i.not_before).unsigned_abs();
             let before =

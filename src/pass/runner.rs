@@ -178,6 +178,11 @@ impl Runner {
     pub(super) async fn forget_account(&self, directory: &str) {
         let cache = slot(&self.acme, directory);
         *cache.lock().await = AcmeCache::Empty;
+        if let Some(f) = &self.fleet
+            && let Err(e) = f.forget_account(directory).await
+        {
+            warn!("fleet: the lost account could not be removed from etcd: {e}");
+        }
         let path = self.state.account_file(directory);
         let lost = path.with_extension("json.lost");
         if let Err(e) = std::fs::rename(&path, &lost) {
@@ -207,7 +212,16 @@ impl Runner {
             }
             _ => {}
         }
-        match Acme::connect(&self.cfg.acme.at(ca), &self.state).await {
+        let shared = self.fleet_account(&ca.directory).await;
+        let mut connected = Acme::connect(&self.cfg.acme.at(ca), &self.state).await;
+        if connected.is_ok()
+            && shared == SharedAccount::None
+            && self.offer_account(&ca.directory).await
+        {
+            // Another replica's account won the race: use it, as the whole fleet does.
+            connected = Acme::connect(&self.cfg.acme.at(ca), &self.state).await;
+        }
+        match connected {
             Ok(a) => {
                 let a = Arc::new(a);
                 *cache = AcmeCache::Ready(a.clone());
@@ -264,7 +278,15 @@ impl Runner {
             }
             _ => {}
         }
-        match Acme::connect_quick(&self.cfg.acme.at(ca), &self.state).await {
+        let shared = self.fleet_account(&ca.directory).await;
+        let mut connected = Acme::connect_quick(&self.cfg.acme.at(ca), &self.state).await;
+        if connected.is_ok()
+            && shared == SharedAccount::None
+            && self.offer_account(&ca.directory).await
+        {
+            connected = Acme::connect_quick(&self.cfg.acme.at(ca), &self.state).await;
+        }
+        match connected {
             Ok(a) => {
                 let a = Arc::new(a);
                 *cache = AcmeCache::Ready(a.clone());
@@ -278,6 +300,81 @@ impl Runner {
                 *cache = AcmeCache::Failed(Arc::new(e), tokio::time::Instant::now());
                 None
             }
+        }
+    }
+}
+
+/// What the fleet had of a CA's account before connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SharedAccount {
+    /// Not in fleet mode, or etcd could not tell.
+    Unknown,
+    /// The fleet has none yet: ours is offered after connecting.
+    None,
+    /// The fleet's account is the one stored locally now.
+    Fleet,
+}
+
+impl Runner {
+    /// Fleet mode: the fleet's ACME account at `directory` replaces the local one, so
+    /// every replica orders under one account (a takeover can only resume an order its
+    /// own account placed).
+    async fn fleet_account(&self, directory: &str) -> SharedAccount {
+        let Some(f) = &self.fleet else {
+            return SharedAccount::Unknown;
+        };
+        match f.account(directory).await {
+            Ok(Some(creds)) => {
+                self.store_account(directory, &creds);
+                SharedAccount::Fleet
+            }
+            Ok(None) => SharedAccount::None,
+            Err(e) => {
+                warn!(
+                    "fleet: the fleet's ACME account could not be read, using this replica's: {e}"
+                );
+                SharedAccount::Unknown
+            }
+        }
+    }
+
+    /// Offers the local account to the fleet; returns true when another replica's
+    /// account stands instead (now stored locally).
+    async fn offer_account(&self, directory: &str) -> bool {
+        let Some(f) = &self.fleet else {
+            return false;
+        };
+        let path = self.state.account_file(directory);
+        let Ok(local) = crate::fsx::read_regular(&path, crate::fsx::STATE_LIMIT, false) else {
+            return false;
+        };
+        match f.offer_account(directory, &local).await {
+            Ok(standing) if standing != local => {
+                self.store_account(directory, &standing);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!("fleet: this replica's ACME account could not be shared: {e}");
+                false
+            }
+        }
+    }
+
+    /// Writes account credentials into the state directory (0600) when they differ.
+    fn store_account(&self, directory: &str, creds: &[u8]) {
+        let path = self.state.account_file(directory);
+        let same = crate::fsx::read_regular(&path, crate::fsx::STATE_LIMIT, false)
+            .is_ok_and(|l| l == creds);
+        if same {
+            return;
+        }
+        match crate::store::write_atomic(&path, creds, 0o600, None) {
+            Ok(()) => tracing::info!(directory, "fleet: using the fleet's ACME account"),
+            Err(e) => warn!(
+                "fleet: cannot store the fleet's ACME account in {}: {e}",
+                path.display()
+            ),
         }
     }
 }
