@@ -78,6 +78,9 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// How long a published HTTP-01 answer outlives an orderer that never withdrew it.
+pub const TOKEN_TTL: Duration = Duration::from_secs(600);
+
 /// A short hash naming a CA directory in keys (`accounts/`, `budget/`).
 pub fn ca_key(directory: &str) -> String {
     crate::seal::sha256_hex(directory.as_bytes())[..16].to_string()
@@ -577,12 +580,20 @@ impl crate::challenge::SharedTokens for Arc<Fleet> {
         token: &'a str,
         key_authorization: &'a str,
     ) -> crate::challenge::BoxFut<'a, Result<(), String>> {
+        // Under a lease of its own, not the node's: when the orderer dies after telling
+        // the CA the challenge is ready, the answer stays up for the validation, so the
+        // replica taking over finds the order valid instead of failed. The lease ends it
+        // even if nobody withdraws it.
         Box::pin(async move {
-            self.put(
-                &format!("tokens/{token}"),
-                key_authorization.as_bytes().to_vec(),
-                true,
-            )
+            let key = self.key(&format!("tokens/{token}"));
+            let value = key_authorization.as_bytes().to_vec();
+            let ttl = TOKEN_TTL.as_secs() as i64;
+            self.call("publish token", |mut c| async move {
+                let lease = c.lease_grant(ttl, None).await?.id();
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+                    .map(|_| ())
+            })
             .await
             .map_err(|e| e.to_string())
         })
