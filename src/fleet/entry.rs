@@ -151,11 +151,10 @@ pub struct Installed {
 }
 
 /// The ARI window the CA suggested, shared so one replica's poll serves the fleet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AriShared {
     /// The serial of the certificate the window is for.
-    #[serde(default)]
-    pub for_not_after: i64,
+    pub serial: String,
     /// Window start.
     #[serde(with = "time::serde::rfc3339")]
     pub start: OffsetDateTime,

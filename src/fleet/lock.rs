@@ -207,7 +207,7 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        let g = LockGuard {
+        let g = Self {
             fleet: self.fleet.clone(),
             name: self.name.clone(),
             token: self.token,

@@ -43,6 +43,10 @@ impl Runner {
         if fresh && rec.ari_serial.as_deref() == Some(info.serial.as_str()) {
             return cached;
         }
+        // Fleet mode: another replica may have asked already.
+        if let Some(w) = self.fleet_ari(cert, info, rec, now).await {
+            return Some(w);
+        }
         // ARI goes to the CA that issued the installed certificate, not to the primary.
         let Some(issuer) = self.ca_by_directory(cert, rec.issuer.as_deref()) else {
             return cached;
@@ -65,11 +69,58 @@ impl Runner {
             return cached;
         };
         match acme.renewal_info(&info.leaf_der).await {
-            Ok(lookup) => self.learn_ari(cert, info, &ca, lookup, rec, now),
+            Ok(lookup) => {
+                let w = self.learn_ari(cert, info, &ca, lookup, rec, now);
+                self.share_ari(cert, info, rec).await;
+                w
+            }
             Err(e) => {
                 warn!("ARI lookup failed, using the cached window or threshold: {e}");
                 cached
             }
+        }
+    }
+
+    /// The window another replica learned for this very certificate, while it is fresh:
+    /// one ARI poll serves the whole fleet.
+    async fn fleet_ari(
+        &self,
+        cert: &CertConfig,
+        info: &CertInfo,
+        rec: &mut CertRecord,
+        now: OffsetDateTime,
+    ) -> Option<AriWindow> {
+        let shared = self.fleet.as_ref()?.ari(&cert.name).await.ok()??;
+        if shared.serial != info.serial || shared.next_poll <= now {
+            return None;
+        }
+        let w = AriWindow {
+            start: shared.start,
+            end: shared.end,
+        };
+        rec.ari = Some(w);
+        rec.ari_serial = Some(info.serial.clone());
+        rec.ari_next_poll = Some(shared.next_poll);
+        debug!("ARI window from the fleet");
+        Some(w)
+    }
+
+    /// Shares a window this replica learned with the fleet (best effort).
+    async fn share_ari(&self, cert: &CertConfig, info: &CertInfo, rec: &CertRecord) {
+        let (Some(f), Some(w), Some(next)) = (&self.fleet, rec.ari, rec.ari_next_poll) else {
+            return;
+        };
+        if rec.ari_serial.as_deref() != Some(info.serial.as_str()) {
+            return;
+        }
+        let shared = crate::fleet::AriShared {
+            serial: info.serial.clone(),
+            start: w.start,
+            end: w.end,
+            next_poll: next,
+        };
+        if let Err(e) = f.put_ari(&cert.name, &shared).await {
+            debug!("fleet: ARI window not shared: {e}");
         }
     }
 

@@ -164,9 +164,8 @@ impl Runner {
         if rec.fleet_unpublished.as_deref() != Some(info.serial.as_str()) {
             return false;
         }
-        let guard = match fleet.try_lock(&cert.name).await {
-            Ok(LockOutcome::Held(g)) => g,
-            _ => return true,
+        let Ok(LockOutcome::Held(guard)) = fleet.try_lock(&cert.name).await else {
+            return true;
         };
         let keep = match fleet.current_fresh(&cert.name).await {
             Ok(Some(p)) if p.entry.not_after >= info.not_after => false,
