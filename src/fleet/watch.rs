@@ -38,6 +38,40 @@ impl Fleet {
 
     /// Catches up with one range read, then follows the watch until it fails.
     async fn follow(&self, wake: &UnboundedSender<String>) -> Result<(), FleetError> {
+        let rev = self.catch_up(wake).await?;
+        let key = self.key("certs/");
+        let strip = key.clone();
+        let mut stream = self
+            .call("watch", |mut c| async move {
+                let o = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1);
+                c.watch(key, Some(o)).await
+            })
+            .await?;
+        self.synced.store(true, Ordering::Relaxed);
+        debug!(revision = rev, "fleet: watching the fleet's sets");
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(FleetError::Unavailable("the watch stream ended".into())),
+                Err(e) => return Err(FleetError::Unavailable(format!("watch: {e}"))),
+            };
+            if msg.canceled() {
+                return Err(FleetError::Unavailable(format!(
+                    "watch cancelled: {}",
+                    msg.cancel_reason()
+                )));
+            }
+            for ev in msg.events() {
+                self.apply(ev, &strip, wake);
+            }
+        }
+    }
+
+    /// Reads every set once into the local copy and wakes the certificates whose set
+    /// changed; returns the revision the watch continues from.
+    async fn catch_up(&self, wake: &UnboundedSender<String>) -> Result<i64, FleetError> {
         let (items, rev) = self.list("certs/").await?;
         let mut fresh = HashMap::new();
         for (name, bytes, mod_rev) in items {
@@ -67,60 +101,31 @@ impl Fleet {
         for n in changed {
             let _ = wake.send(n);
         }
-        let key = self.key("certs/");
-        let strip = key.clone();
-        let mut stream = self
-            .call("watch", |mut c| async move {
-                c.watch(
-                    key,
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(rev + 1),
-                    ),
-                )
-                .await
-            })
-            .await?;
-        self.synced.store(true, Ordering::Relaxed);
-        debug!(revision = rev, "fleet: watching the fleet's sets");
-        loop {
-            let msg = match stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Err(FleetError::Unavailable("the watch stream ended".into())),
-                Err(e) => return Err(FleetError::Unavailable(format!("watch: {e}"))),
-            };
-            if msg.canceled() {
-                return Err(FleetError::Unavailable(format!(
-                    "watch cancelled: {}",
-                    msg.cancel_reason()
-                )));
-            }
-            for ev in msg.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let k = String::from_utf8_lossy(kv.key());
-                let name = k.strip_prefix(&strip).unwrap_or(&k).to_string();
-                match ev.event_type() {
-                    EventType::Put => match CertEntry::parse(kv.value(), &name) {
-                        Ok(entry) => {
-                            let p = Published {
-                                revision: kv.mod_revision(),
-                                entry,
-                            };
-                            self.cache
-                                .lock()
-                                .expect("fleet cache")
-                                .insert(name.clone(), p);
-                            let _ = wake.send(name);
-                        }
-                        Err(e) => {
-                            warn!(cert = %name, "fleet: the fleet's new set is unusable: {e}")
-                        }
-                    },
-                    EventType::Delete => {
-                        self.cache.lock().expect("fleet cache").remove(&name);
-                    }
+        Ok(rev)
+    }
+
+    /// One watch event: a new set is checked, cached and announced; a deleted one dropped.
+    fn apply(&self, ev: &etcd_client::Event, strip: &str, wake: &UnboundedSender<String>) {
+        let Some(kv) = ev.kv() else { return };
+        let k = String::from_utf8_lossy(kv.key());
+        let name = k.strip_prefix(strip).unwrap_or(&k).to_string();
+        match ev.event_type() {
+            EventType::Put => match CertEntry::parse(kv.value(), &name) {
+                Ok(entry) => {
+                    let p = Published {
+                        revision: kv.mod_revision(),
+                        entry,
+                    };
+                    self.cache
+                        .lock()
+                        .expect("fleet cache")
+                        .insert(name.clone(), p);
+                    let _ = wake.send(name);
                 }
+                Err(e) => warn!(cert = %name, "fleet: the fleet's new set is unusable: {e}"),
+            },
+            EventType::Delete => {
+                self.cache.lock().expect("fleet cache").remove(&name);
             }
         }
     }

@@ -299,6 +299,8 @@ mod tests {
             issuer: None,
             ca: None,
             fallback_from: None,
+            cluster: None,
+            fleet: None,
             times: RowTimes {
                 not_after: Some(1_900_000_000),
                 renew_at: 1_800_000_000,
