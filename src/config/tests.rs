@@ -753,3 +753,134 @@ fn fallback_errors_name_file_line_and_key() {
     assert_eq!(e.key, "cert[www].fallback[0].directory", "{e}");
     assert_eq!(e.line, src.lines().count(), "{e}");
 }
+
+/// `[cluster]` with a readable 32-byte seal key: defaults applied, the key never shown.
+#[test]
+fn cluster_section_defaults_and_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let src = format!(
+        "{BASE}\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode_name = \"a\"\nseal_key_file = \"{}\"\nuser = \"ck\"\npassword = \"hunter2\"\n",
+        key.display()
+    );
+    let c = parse(&src).unwrap();
+    let cl = c.cluster.as_ref().unwrap();
+    assert_eq!(cl.prefix, cluster::DEFAULT_PREFIX);
+    assert_eq!(cl.lease_ttl, Duration::from_secs(15));
+    assert_eq!(cl.emergency_before, RenewBefore::Fraction(0.1));
+    assert_eq!(cl.request_timeout, Duration::from_secs(5));
+    assert!(cl.seal_key.is_some());
+    let shown = format!("{cl:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("9, 9, 9"), "{shown}");
+    assert!(parse(BASE).unwrap().cluster.is_none());
+}
+
+/// Each `[cluster]` mistake is refused at its line, naming the key and the cause.
+#[test]
+fn cluster_errors_name_line_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, [1u8; 16]).unwrap();
+    let good = dir.path().join("good.key");
+    std::fs::write(&good, [1u8; 32]).unwrap();
+    let fifo = dir.path().join("fifo.key");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let at = |body: &str| {
+        let src = format!("{BASE}\n[cluster]\n{body}\n");
+        let line = BASE.lines().count() + 2;
+        (parse(&src).unwrap_err(), line)
+    };
+    let g = good.display();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("etcd = []\nseal_key_file = \"{g}\""),
+            "cluster.etcd",
+            "at least one",
+        ),
+        (
+            format!("etcd = [\"ftp://x:1\"]\nseal_key_file = \"{g}\""),
+            "cluster.etcd",
+            "http:// or https://",
+        ),
+        (
+            format!("etcd = [\"http://x\"]\nseal_key_file = \"{g}\""),
+            "cluster.etcd",
+            "port",
+        ),
+        (
+            "etcd = [\"http://x:1\"]".into(),
+            "cluster.seal_key_file",
+            "is required",
+        ),
+        (
+            format!(
+                "etcd = [\"http://x:1\"]\nseal_key_file = \"{}\"",
+                short.display()
+            ),
+            "cluster.seal_key_file",
+            "16 bytes",
+        ),
+        (
+            format!(
+                "etcd = [\"http://x:1\"]\nseal_key_file = \"{}\"",
+                fifo.display()
+            ),
+            "cluster.seal_key_file",
+            "FIFO",
+        ),
+        (
+            format!(
+                "etcd = [\"http://x:1\"]\nseal_key_file = \"{}/missing\"",
+                dir.path().display()
+            ),
+            "cluster.seal_key_file",
+            "does not exist",
+        ),
+        (
+            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nlease_ttl = \"1s\""),
+            "cluster.lease_ttl",
+            "at least 2s",
+        ),
+        (
+            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nprefix = \"nope/\""),
+            "cluster.prefix",
+            "starts with /",
+        ),
+        (
+            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nnode_name = \"a b\""),
+            "cluster.node_name",
+            "node name",
+        ),
+        (
+            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nclient_cert = \"/c.pem\""),
+            "cluster.client_cert and client_key",
+            "together",
+        ),
+        (
+            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nuser = \"u\""),
+            "cluster.user and password",
+            "together",
+        ),
+    ];
+    for (body, key, what) in cases {
+        let (errs, first_line) = at(&body);
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.key == key)
+            .unwrap_or_else(|| panic!("{body}: no error for {key}: {errs}"));
+        assert!(e.message.contains(what), "{body}: {}", e.message);
+        assert!(
+            e.line >= first_line - 1,
+            "{body}: line {} < {first_line}",
+            e.line
+        );
+        assert_eq!(e.file, Path::new("test.toml"));
+    }
+    let (errs, _) = at(&format!(
+        "etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nleases = 1"
+    ));
+    assert!(errs.to_string().contains("leases"), "{errs}");
+}
