@@ -36,6 +36,15 @@ impl Fleet {
         }
     }
 
+    /// One range read of every set, used by a one-shot `renew` for the whole pass instead
+    /// of one request per certificate (the lock holder still re-reads its own).
+    pub async fn prime(&self) -> Result<(), FleetError> {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        self.catch_up(&tx).await?;
+        self.synced.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Catches up with one range read, then follows the watch until it fails.
     async fn follow(&self, wake: &UnboundedSender<String>) -> Result<(), FleetError> {
         let rev = self.catch_up(wake).await?;

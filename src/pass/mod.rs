@@ -96,6 +96,11 @@ pub async fn renew(
     roll_forward_unselected(&cfg, &state, &selected, &clock);
     let responders = Responders::default();
     let fleet = fleet_of(&cfg, &responders)?;
+    if let Some(f) = &fleet
+        && let Err(e) = f.prime().await
+    {
+        tracing::warn!("fleet: {e}; installed files stay as they are");
+    }
     let runner = Arc::new(Runner::new(cfg.clone(), state, responders, clock).with_fleet(fleet));
     Ok(run_all(runner, selected, opts.force).await)
 }
