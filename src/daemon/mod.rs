@@ -373,6 +373,21 @@ impl Daemon {
         let Some(new) = reload::reload(&self.config_path, &self.runner.cfg) else {
             return;
         };
+        let key = |c: &Config| {
+            c.cluster.as_ref().map(|c| {
+                (
+                    c.etcd.clone(),
+                    c.prefix.clone(),
+                    c.node_name.clone(),
+                    c.seal_key_file.clone(),
+                )
+            })
+        };
+        if key(&new) != key(&self.runner.cfg) {
+            tracing::warn!(
+                "[cluster] changed: the fleet connection is set up at start; restart certkeeper to apply it"
+            );
+        }
         let new = Arc::new(new);
         *self.shared.write().expect("config lock") = new.clone();
         server::start_responders(&new, &self.responders).await;

@@ -61,6 +61,9 @@ pub struct Fleet {
     lease: tokio::sync::Mutex<i64>,
     available: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// When a request last failed: for [`FAIL_FAST`] after it, requests fail at once, so
+    /// 10,000 certificates do not each wait `request_timeout` for an etcd that is down.
+    failed_at: Mutex<Option<tokio::time::Instant>>,
     /// `certs/` as last seen, kept current by [`watch`] in the daemon.
     cache: Mutex<HashMap<String, Published>>,
     /// Whether the cache follows etcd right now (a watch is running and caught up).
@@ -77,6 +80,9 @@ impl std::fmt::Debug for Fleet {
             .finish_non_exhaustive()
     }
 }
+
+/// After a failed etcd request, further requests fail at once for this long.
+pub const FAIL_FAST: Duration = Duration::from_secs(2);
 
 /// How long a published HTTP-01 answer outlives an orderer that never withdrew it.
 pub const TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -101,6 +107,7 @@ impl Fleet {
             lease: tokio::sync::Mutex::new(0),
             available: AtomicBool::new(true),
             last_error: Mutex::new(None),
+            failed_at: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(false),
             report: Mutex::new(BTreeMap::new()),
@@ -168,6 +175,17 @@ impl Fleet {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let limit = self.cfg.request_timeout;
+        let recent = self
+            .failed_at
+            .lock()
+            .expect("fleet failure lock")
+            .is_some_and(|t| t.elapsed() < FAIL_FAST);
+        if recent {
+            let e = self
+                .last_error()
+                .unwrap_or_else(|| "etcd unavailable".into());
+            return Err(FleetError::Unavailable(e));
+        }
         let r = tokio::time::timeout(limit, async {
             let client = self.client().await?;
             f(client).await.map_err(|e| e.to_string())
@@ -177,11 +195,14 @@ impl Fleet {
         match r {
             Ok(v) => {
                 self.mark(Ok(()));
+                *self.failed_at.lock().expect("fleet failure lock") = None;
                 Ok(v)
             }
             Err(e) => {
                 let e = format!("{what}: {e}");
                 self.mark(Err(&e));
+                *self.failed_at.lock().expect("fleet failure lock") =
+                    Some(tokio::time::Instant::now());
                 Err(FleetError::Unavailable(e))
             }
         }
