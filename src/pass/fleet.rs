@@ -220,7 +220,9 @@ impl Runner {
             fullchain_pem: fullchain,
             chain_pem: chain,
         };
-        self.publish_set(fleet, guard, cert, info, &set, None).await
+        self.publish_set(fleet, guard, cert, info, &set, None)
+            .await
+            .map_err(fleet_err)
     }
 
     /// Publishes a verified set under the lock (fenced). Returns its revision.
@@ -232,7 +234,7 @@ impl Runner {
         info: &CertInfo,
         set: &NewSet,
         issuer: Option<String>,
-    ) -> Result<i64, PassError> {
+    ) -> Result<i64, FleetError> {
         let entry = CertEntry {
             v: crate::fleet::entry::ENTRY_VERSION,
             name: cert.name.clone(),
@@ -240,16 +242,14 @@ impl Runner {
             not_after: info.not_after,
             fullchain_pem: set.fullchain_pem.clone(),
             chain_pem: set.chain_pem.clone(),
-            key_sealed: fleet
-                .seal_key_for(&cert.name, &set.key_pem)
-                .map_err(fleet_err)?,
+            key_sealed: fleet.seal_key_for(&cert.name, &set.key_pem)?,
             orderer: fleet.node().to_string(),
             published_at: self.now(),
             issuer,
             checksum: String::new(),
         }
         .seal_checksum();
-        guard.publish(&entry).await.map_err(fleet_err)
+        guard.publish(&entry).await
     }
 
     /// Before ordering in fleet mode: take the lock, or wait for the node holding it, or

@@ -13,7 +13,7 @@ use super::record::{mark_installed, note_error, record_failure};
 use super::{CertResult, Fingerprint, PassError, Runner};
 use crate::acme::{Acme, AcmeError, OnCreated, OrderRequest};
 use crate::config::{CaConfig, CertConfig};
-use crate::fleet::LockGuard;
+use crate::fleet::{FleetError, LockGuard};
 use crate::inventory::{self, CertInfo, OnDisk};
 use crate::keys;
 use crate::policy::{self, Decision, ErrorClass};
@@ -280,12 +280,30 @@ impl Runner {
         // Fleet: published (fenced by the lock) before anything is installed, so a
         // replica that lost its lock installs nothing and the newer set stands.
         let mut published = None;
+        let mut unpublished = false;
         if let (Some(fleet), Some(lock)) = (&self.fleet, lock) {
-            let rev = self
+            match self
                 .publish_set(fleet, lock, cert, &info, &set, rec.ca.clone())
-                .await?;
-            info!(revision = rev, serial = %info.serial, "fleet: published");
-            published = Some((fleet.clone(), rev));
+                .await
+            {
+                Ok(rev) => {
+                    info!(revision = rev, serial = %info.serial, "fleet: published");
+                    published = Some((fleet.clone(), rev));
+                }
+                // etcd went away after the CA issued: the certificate is installed here
+                // (an order is not thrown away) and published when etcd is back, if it is
+                // then still newer than the fleet's.
+                Err(FleetError::Unavailable(e)) => {
+                    warn!(
+                        "fleet: etcd unavailable while publishing ({e}); installing here and publishing when etcd is back"
+                    );
+                    unpublished = true;
+                }
+                Err(e) => {
+                    error!("fleet: {e}; this replica's set is discarded, the fleet's stands");
+                    return Err(super::fleet::fleet_err(e));
+                }
+            }
         }
         // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
         // stay off the async workers, and a cancelled task (graceful shutdown) cannot stop
@@ -301,6 +319,9 @@ impl Runner {
         .map_err(|e| PassError::Install(e.to_string()))?;
         *rec = done.1;
         done.0?;
+        if unpublished {
+            rec.fleet_unpublished = Some(info.serial.clone());
+        }
         if let Some((fleet, rev)) = published {
             fleet.report_installed(&cert.name, rev, &info.serial).await;
         }
