@@ -443,8 +443,11 @@ struct Monitor {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     /// Per replica: (seconds since start, serial) at each change.
-    seen: Arc<Mutex<Vec<Vec<(f64, Option<String>)>>>>,
+    seen: Arc<Mutex<Vec<Changes>>>,
 }
+
+/// One file's serial changes: (seconds since the monitor started, serial or unreadable).
+type Changes = Vec<(f64, Option<String>)>;
 
 impl Monitor {
     fn start(paths: Vec<PathBuf>) -> Self {
@@ -1069,8 +1072,8 @@ fn quorum_lost() {
         before.added,
         "a replica ordered while etcd had no quorum (before emergency_before)"
     );
-    for i in 0..3 {
-        let since = f.daemon(i).log_since(marks[i]);
+    for (i, &mark) in marks.iter().enumerate() {
+        let since = f.daemon(i).log_since(mark);
         assert!(
             count_lines(&since, "fleet: etcd unavailable") > 0,
             "r{i} did not log `fleet: etcd unavailable`:\n{since}"
