@@ -429,6 +429,9 @@ impl Daemon {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
+        if let Some(f) = &self.runner.fleet {
+            f.shutdown().await;
+        }
         info!("stopped");
     }
 }
