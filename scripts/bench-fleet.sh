@@ -116,7 +116,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'echo "error: stopped (BENCH_MAX_SECONDS=$MAX_SECONDS, or a signal)" >&2; exit 143' TERM
-(sleep "$MAX_SECONDS" && kill -TERM $$) 2>/dev/null &
+(
+    sleep "$MAX_SECONDS" &
+    s=$!
+    trap 'kill "$s" 2>/dev/null; exit 0' TERM
+    wait "$s" && kill -TERM $$
+) 2>/dev/null &
 pids+=("$!")
 
 export ETCDCTL_API=3
@@ -158,7 +163,7 @@ take_port pebble_http
 take_port pebble_tls_port
 take_port dns
 take_port cts
-client=() peer=() h01=() metrics=()
+client=() peer=() h01=() metrics=() etcd_pid=() proxy_pid=""
 for i in $(seq 0 $((N - 1))); do
     take_port "client[$i]"
     take_port "peer[$i]"
@@ -221,6 +226,7 @@ async def main():
 asyncio.run(main())
 PY
     python3 "$tmp/h01proxy.py" "$pebble_http" "${h01[@]}" >"$tmp/h01proxy.log" 2>&1 &
+    proxy_pid=$!
     pids+=("$!")
 fi
 
@@ -229,17 +235,18 @@ log "etcd: $N members on 127.0.0.1"
 cluster_spec=""
 eps=""
 for i in $(seq 0 $((N - 1))); do
-    cluster_spec+="${cluster_spec:+,}m$i=http://127.0.0.1:${peer[$i]}"
+    cluster_spec+="${cluster_spec:+,}bench$$-m$i=http://127.0.0.1:${peer[$i]}"
     eps+="${eps:+,}http://127.0.0.1:${client[$i]}"
 done
 for i in $(seq 0 $((N - 1))); do
-    etcd --name "m$i" --data-dir "$tmp/etcd/m$i" \
+    etcd --name "bench$$-m$i" --data-dir "$tmp/etcd/m$i" \
         --listen-client-urls "http://127.0.0.1:${client[$i]}" \
         --advertise-client-urls "http://127.0.0.1:${client[$i]}" \
         --listen-peer-urls "http://127.0.0.1:${peer[$i]}" \
         --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}" \
         --initial-cluster "$cluster_spec" --initial-cluster-state new \
         --initial-cluster-token "bench-$$" >"$tmp/etcd-m$i.log" 2>&1 &
+    etcd_pid[i]=$!
     pids+=("$!")
 done
 deadline=$((SECONDS + 30))
@@ -327,11 +334,21 @@ start_replica() { # INDEX
     rpid[$1]=$!
     pids+=("$!")
 }
+# alive_or_die INDEX...: these replicas, and Pebble, challtestsrv, every etcd member and
+# the HTTP-01 proxy, must still run (something else on the machine may kill them).
 alive_or_die() {
     local i
     for i in "$@"; do
         kill -0 "${rpid[$i]}" 2>/dev/null || die "replica $i exited unexpectedly"
     done
+    kill -0 "$pebble_pid" 2>/dev/null || die "Pebble (pid $pebble_pid) exited; its log: $tmp/pebble.log"
+    kill -0 "$challtestsrv_pid" 2>/dev/null || die "pebble-challtestsrv (pid $challtestsrv_pid) exited"
+    for i in "${!etcd_pid[@]}"; do
+        kill -0 "${etcd_pid[$i]}" 2>/dev/null || die "etcd member $i (pid ${etcd_pid[$i]}) exited; its log: $tmp/etcd-m$i.log"
+    done
+    if [ -n "$proxy_pid" ]; then
+        kill -0 "$proxy_pid" 2>/dev/null || die "the HTTP-01 proxy exited; its log: $tmp/h01proxy.log"
+    fi
 }
 mapfile -t all < <(seq 0 $((N - 1)))
 
@@ -459,6 +476,7 @@ for k in $(seq 1 "$TAKEOVERS"); do
     watch_pid=$!
     deadline=$((SECONDS + VALIDITY * 3 + 60))
     while [ -z "$victim" ] && [ "$SECONDS" -lt "$deadline" ]; do
+        alive_or_die "${all[@]}"
         ev=""
         if ! read -r -t 5 -u "$wfd" ev; then
             [ -n "$ev" ] || { kill -0 "$watch_pid" 2>/dev/null && continue; } || break
