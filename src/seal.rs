@@ -24,7 +24,7 @@ pub enum SealError {
     Read(crate::fsx::ReadError),
     /// The key file does not hold exactly 32 bytes.
     #[error(
-        "seal key file {path} holds {len} bytes; it must hold exactly 32 raw bytes (create it with `openssl rand -out {path} 32`)"
+        "seal key file {path} holds {len} bytes; it must be exactly 32 bytes of raw key (create it with `openssl rand -out {path} 32`)"
     )]
     Length {
         /// The file.
@@ -156,7 +156,10 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, [1u8; 31]).unwrap();
         let e = SealKey::read(&p).unwrap_err().to_string();
-        assert!(e.contains("31 bytes") && e.contains("32 raw bytes"), "{e}");
+        assert!(
+            e.contains("31 bytes") && e.contains("exactly 32 bytes"),
+            "{e}"
+        );
         std::fs::write(&p, [1u8; 32]).unwrap();
         let k = SealKey::read(&p).unwrap();
         assert_eq!(format!("{k:?}"), "SealKey(***)");

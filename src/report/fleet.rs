@@ -57,8 +57,9 @@ pub fn add_fleet_local(
 pub fn cluster_line(view: &FleetView) -> String {
     match &view.error {
         None => format!(
-            "cluster: available, {} node(s) under {} (this node: {})\n",
+            "cluster: available, {} node{} under {} (this node: {})\n",
             view.nodes.len(),
+            if view.nodes.len() == 1 { "" } else { "s" },
             view.prefix,
             view.node
         ),
