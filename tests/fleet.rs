@@ -14,6 +14,11 @@
 //! `fully authorized. Processing finalization` line per accepted finalize, one `Issued
 //! certificate serial` line per certificate). Installed serials are read from the files;
 //! a monitor thread records every serial each replica's `cert_path` shows, every 50 ms.
+//!
+//! The short tests are in the regular suite; the five that wait for real renewals
+//! (30-60 s each) are in the fault suite (`cargo nextest run --profile faults --test
+//! fleet`); all of them: `cargo nextest run --ignore-default-filter --test fleet`. They run
+//! one at a time (test group `fleet` in `.config/nextest.toml`).
 
 mod common;
 
@@ -281,12 +286,28 @@ impl Fleet {
                 return first.clone();
             }
             if start.elapsed() > timeout {
-                let names: Vec<&str> = which
+                let states: Vec<String> = which
                     .iter()
-                    .map(|&i| self.replicas[i].node.as_str())
+                    .map(|&i| {
+                        format!(
+                            "{}: {:?}, `fleet: emergency` x{}, `fleet: published` x{}",
+                            self.replicas[i].node,
+                            self.serial(i),
+                            self.log_count(i, "fleet: emergency"),
+                            self.log_count(i, "fleet: published")
+                        )
+                    })
                     .collect();
                 panic!(
-                    "replicas {names:?} did not all install one new set (old {old:?}) within {timeout:?}: {serials:?}"
+                    "the replicas did not all install one new set (old {old:?}) within {timeout:?}:\n  {}\n  set in etcd: {:?}\n  Pebble: {:?}",
+                    states.join("\n  "),
+                    self.etcd
+                        .try_get(&format!("{PREFIX}/certs/{CERT}"))
+                        .map(|v| v.map(|v| {
+                            let e: Value = serde_json::from_str(&v).unwrap_or_default();
+                            format!("serial {} by {}", e["serial"], e["orderer"])
+                        })),
+                    self.orders(),
                 );
             }
             thread::sleep(Duration::from_millis(100));

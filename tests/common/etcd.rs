@@ -254,6 +254,16 @@ impl EtcdCluster {
         (!out.is_empty()).then(|| out.strip_suffix('\n').unwrap_or(&out).to_owned())
     }
 
+    /// [`Self::get`] that reports a failing etcdctl (no quorum) instead of panicking.
+    pub fn try_get(&self, key: &str) -> Result<Option<String>, String> {
+        let out = self.etcdctl_output(&["get", key, "--print-value-only"]);
+        if out.code != 0 {
+            return Err(out.stderr.trim().to_owned());
+        }
+        let v = out.stdout;
+        Ok((!v.is_empty()).then(|| v.strip_suffix('\n').unwrap_or(&v).to_owned()))
+    }
+
     /// Every key under `prefix` with its value, in key order.
     pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
         let out = self.etcdctl(&["get", "--prefix", prefix, "-w", "json"]);
