@@ -777,110 +777,104 @@ fn cluster_section_defaults_and_secrets() {
     assert!(parse(BASE).unwrap().cluster.is_none());
 }
 
-/// Each `[cluster]` mistake is refused at its line, naming the key and the cause.
+/// Parses BASE plus a `[cluster]` body: the errors and the line the section starts at.
+fn cluster_errors(body: &str) -> (ConfigErrors, usize) {
+    let src = format!("{BASE}\n[cluster]\n{body}\n");
+    (parse(&src).unwrap_err(), BASE.lines().count() + 2)
+}
+
+/// Asserts that `body` gives an error for `key` that mentions `what`, at or after the
+/// section's line, naming the file.
+fn assert_cluster_error(body: &str, key: &str, what: &str) {
+    let (errs, first_line) = cluster_errors(body);
+    let e = errs
+        .0
+        .iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("{body}: no error for {key}: {errs}"));
+    assert!(e.message.contains(what), "{body}: {}", e.message);
+    assert!(
+        e.line >= first_line - 1,
+        "{body}: line {} < {first_line}",
+        e.line
+    );
+    assert_eq!(e.file, Path::new("test.toml"));
+}
+
+/// Endpoints, prefix, node name, lease and the pairs are refused at their line.
 #[test]
 fn cluster_errors_name_line_and_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let short = dir.path().join("short.key");
-    std::fs::write(&short, [1u8; 16]).unwrap();
     let good = dir.path().join("good.key");
     std::fs::write(&good, [1u8; 32]).unwrap();
+    let g = good.display();
+    let with = |extra: &str| format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\n{extra}");
+    assert_cluster_error(
+        &format!("etcd = []\nseal_key_file = \"{g}\""),
+        "cluster.etcd",
+        "at least one",
+    );
+    assert_cluster_error(
+        &format!("etcd = [\"ftp://x:1\"]\nseal_key_file = \"{g}\""),
+        "cluster.etcd",
+        "http:// or https://",
+    );
+    assert_cluster_error(
+        &format!("etcd = [\"http://x\"]\nseal_key_file = \"{g}\""),
+        "cluster.etcd",
+        "port",
+    );
+    assert_cluster_error(
+        &with("lease_ttl = \"1s\""),
+        "cluster.lease_ttl",
+        "at least 2s",
+    );
+    assert_cluster_error(
+        &with("prefix = \"nope/\""),
+        "cluster.prefix",
+        "starts with /",
+    );
+    assert_cluster_error(
+        &with("node_name = \"a b\""),
+        "cluster.node_name",
+        "node name",
+    );
+    assert_cluster_error(
+        &with("client_cert = \"/c.pem\""),
+        "cluster.client_cert and client_key",
+        "together",
+    );
+    assert_cluster_error(
+        &with("user = \"u\""),
+        "cluster.user and password",
+        "together",
+    );
+    let (errs, _) = cluster_errors(&with("leases = 1"));
+    assert!(errs.to_string().contains("leases"), "{errs}");
+}
+
+/// A seal key that is missing, not a regular file or not 32 bytes is refused at its line.
+#[test]
+fn cluster_seal_key_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, [1u8; 16]).unwrap();
     let fifo = dir.path().join("fifo.key");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let at = |body: &str| {
-        let src = format!("{BASE}\n[cluster]\n{body}\n");
-        let line = BASE.lines().count() + 2;
-        (parse(&src).unwrap_err(), line)
-    };
-    let g = good.display();
-    let cases: Vec<(String, &str, &str)> = vec![
+    let key = "cluster.seal_key_file";
+    assert_cluster_error("etcd = [\"http://x:1\"]", key, "is required");
+    for (path, what) in [
+        (short.display().to_string(), "16 bytes"),
+        (fifo.display().to_string(), "FIFO"),
         (
-            format!("etcd = []\nseal_key_file = \"{g}\""),
-            "cluster.etcd",
-            "at least one",
-        ),
-        (
-            format!("etcd = [\"ftp://x:1\"]\nseal_key_file = \"{g}\""),
-            "cluster.etcd",
-            "http:// or https://",
-        ),
-        (
-            format!("etcd = [\"http://x\"]\nseal_key_file = \"{g}\""),
-            "cluster.etcd",
-            "port",
-        ),
-        (
-            "etcd = [\"http://x:1\"]".into(),
-            "cluster.seal_key_file",
-            "is required",
-        ),
-        (
-            format!(
-                "etcd = [\"http://x:1\"]\nseal_key_file = \"{}\"",
-                short.display()
-            ),
-            "cluster.seal_key_file",
-            "16 bytes",
-        ),
-        (
-            format!(
-                "etcd = [\"http://x:1\"]\nseal_key_file = \"{}\"",
-                fifo.display()
-            ),
-            "cluster.seal_key_file",
-            "FIFO",
-        ),
-        (
-            format!(
-                "etcd = [\"http://x:1\"]\nseal_key_file = \"{}/missing\"",
-                dir.path().display()
-            ),
-            "cluster.seal_key_file",
+            format!("{}/missing", dir.path().display()),
             "does not exist",
         ),
-        (
-            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nlease_ttl = \"1s\""),
-            "cluster.lease_ttl",
-            "at least 2s",
-        ),
-        (
-            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nprefix = \"nope/\""),
-            "cluster.prefix",
-            "starts with /",
-        ),
-        (
-            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nnode_name = \"a b\""),
-            "cluster.node_name",
-            "node name",
-        ),
-        (
-            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nclient_cert = \"/c.pem\""),
-            "cluster.client_cert and client_key",
-            "together",
-        ),
-        (
-            format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nuser = \"u\""),
-            "cluster.user and password",
-            "together",
-        ),
-    ];
-    for (body, key, what) in cases {
-        let (errs, first_line) = at(&body);
-        let e = errs
-            .0
-            .iter()
-            .find(|e| e.key == key)
-            .unwrap_or_else(|| panic!("{body}: no error for {key}: {errs}"));
-        assert!(e.message.contains(what), "{body}: {}", e.message);
-        assert!(
-            e.line >= first_line - 1,
-            "{body}: line {} < {first_line}",
-            e.line
+    ] {
+        assert_cluster_error(
+            &format!("etcd = [\"http://x:1\"]\nseal_key_file = \"{path}\""),
+            key,
+            what,
         );
-        assert_eq!(e.file, Path::new("test.toml"));
     }
-    let (errs, _) = at(&format!(
-        "etcd = [\"http://x:1\"]\nseal_key_file = \"{g}\"\nleases = 1"
-    ));
-    assert!(errs.to_string().contains("leases"), "{errs}");
 }

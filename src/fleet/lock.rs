@@ -41,31 +41,43 @@ impl Fleet {
         let key = self.key(&format!("locks/{name}"));
         let node = self.node().to_string();
         let (won, token, holder) = self
-            .call("lock", |mut c| async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.clone(),
-                        node,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else([TxnOp::get(key, None)]);
-                let r = c.txn(txn).await?;
-                let rev = r.header().map_or(0, |h| h.revision());
-                let holder = r.op_responses().into_iter().find_map(|op| match op {
-                    TxnOpResponse::Get(g) => g
-                        .kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                    _ => None,
-                });
-                Ok((r.succeeded(), rev, holder))
+            .call("lock", |mut c| {
+                let (key, node) = (key.clone(), node.clone());
+                async move {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            node,
+                            Some(PutOptions::new().with_lease(lease)),
+                        )])
+                        .or_else([TxnOp::get(key, None)]);
+                    let r = c.txn(txn).await?;
+                    let rev = r.header().map_or(0, |h| h.revision());
+                    let holder = r.op_responses().into_iter().find_map(|op| match op {
+                        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                            let who = String::from_utf8_lossy(kv.value()).into_owned();
+                            (who, kv.create_revision(), kv.lease())
+                        }),
+                        _ => None,
+                    });
+                    Ok((r.succeeded(), rev, holder))
+                }
             })
             .await?;
+        let mut token = token;
         if !won {
-            return Ok(LockOutcome::Busy {
-                holder: holder.unwrap_or_else(|| "(released meanwhile)".into()),
-            });
+            match holder {
+                // Our own lock, under our own lease: a try that timed out on one endpoint
+                // after etcd applied it, repeated on the next one.
+                Some((who, created, l)) if who == self.node() && l == lease => token = created,
+                Some((who, _, _)) => return Ok(LockOutcome::Busy { holder: who }),
+                None => {
+                    return Ok(LockOutcome::Busy {
+                        holder: "(released meanwhile)".into(),
+                    });
+                }
+            }
         }
         debug!(cert = name, token, "fleet: lock taken");
         Ok(LockOutcome::Held(LockGuard {
@@ -117,12 +129,15 @@ impl LockGuard {
         let token = self.token;
         let (ok, rev) = self
             .fleet
-            .call(what, |mut c| async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key, CompareOp::Equal, token)])
-                    .and_then(ops);
-                let r = c.txn(txn).await?;
-                Ok((r.succeeded(), r.header().map_or(0, |h| h.revision())))
+            .call(what, |mut c| {
+                let (key, ops) = (key.clone(), ops.clone());
+                async move {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key, CompareOp::Equal, token)])
+                        .and_then(ops);
+                    let r = c.txn(txn).await?;
+                    Ok((r.succeeded(), r.header().map_or(0, |h| h.revision())))
+                }
             })
             .await?;
         if ok {

@@ -55,7 +55,10 @@ pub enum FleetError {
 pub struct Fleet {
     cfg: ClusterConfig,
     seal: SealKey,
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// One client per endpoint (see [`Fleet::call`]).
+    clients: tokio::sync::Mutex<Vec<Option<Client>>>,
+    /// The endpoint that answered last.
+    current: std::sync::atomic::AtomicUsize,
     /// This node's lease (0 = none yet, or lost): locks, tokens and the node report hang
     /// on it, so they vanish when the replica dies.
     lease: tokio::sync::Mutex<i64>,
@@ -103,7 +106,8 @@ impl Fleet {
         Ok(Arc::new(Self {
             cfg: cfg.clone(),
             seal,
-            client: tokio::sync::Mutex::new(None),
+            clients: tokio::sync::Mutex::new(Vec::new()),
+            current: std::sync::atomic::AtomicUsize::new(0),
             lease: tokio::sync::Mutex::new(0),
             available: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -168,10 +172,14 @@ impl Fleet {
         }
     }
 
-    /// Runs one etcd request, bounded by `request_timeout`, recording availability.
+    /// Runs one etcd request, recording availability. It goes to the endpoint that
+    /// answered last and, when that fails, to each other endpoint in turn, each try
+    /// bounded by `request_timeout`: etcd-client's own balancer keeps a dead member in
+    /// its rotation (etcd-client#39), which would fail every other request while one
+    /// member of three is down.
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, FleetError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let limit = self.cfg.request_timeout;
@@ -186,38 +194,52 @@ impl Fleet {
                 .unwrap_or_else(|| "etcd unavailable".into());
             return Err(FleetError::Unavailable(e));
         }
-        let r = tokio::time::timeout(limit, async {
-            let client = self.client().await?;
-            f(client).await.map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("{what} did not answer within {limit:?}")));
-        match r {
-            Ok(v) => {
-                self.mark(Ok(()));
-                *self.failed_at.lock().expect("fleet failure lock") = None;
-                Ok(v)
-            }
-            Err(e) => {
-                let e = format!("{what}: {e}");
-                self.mark(Err(&e));
-                *self.failed_at.lock().expect("fleet failure lock") =
-                    Some(tokio::time::Instant::now());
-                Err(FleetError::Unavailable(e))
+        let n = self.cfg.etcd.len().max(1);
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut errors = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            let r = tokio::time::timeout(limit, async {
+                let client = self.client(i).await?;
+                f(client).await.map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
+            match r {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    self.mark(Ok(()));
+                    *self.failed_at.lock().expect("fleet failure lock") = None;
+                    return Ok(v);
+                }
+                Err(e) => {
+                    let at = self.cfg.etcd.get(i).map_or("etcd", String::as_str);
+                    debug!("fleet: {what} via {at} failed: {e}");
+                    errors.push(format!("{at}: {e}"));
+                }
             }
         }
+        let e = format!("{what}: {}", errors.join("; "));
+        self.mark(Err(&e));
+        *self.failed_at.lock().expect("fleet failure lock") = Some(tokio::time::Instant::now());
+        Err(FleetError::Unavailable(e))
     }
 
-    /// The client, connecting on first use (and again after a failed connect).
-    async fn client(&self) -> Result<Client, String> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = &*slot {
+    /// The client of endpoint `i`, connecting on first use (and again after a failed
+    /// connect).
+    async fn client(&self, i: usize) -> Result<Client, String> {
+        let mut slots = self.clients.lock().await;
+        if let Some(Some(c)) = slots.get(i) {
             return Ok(c.clone());
         }
-        let c = Client::connect(&self.cfg.etcd, Some(self.options()?))
+        let endpoint = self.cfg.etcd.get(i).cloned().unwrap_or_default();
+        let c = Client::connect([endpoint.as_str()], Some(self.options()?))
             .await
-            .map_err(|e| format!("cannot connect to etcd {}: {e}", self.cfg.etcd.join(", ")))?;
-        *slot = Some(c.clone());
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        if slots.len() <= i {
+            slots.resize(i + 1, None);
+        }
+        slots[i] = Some(c.clone());
         Ok(c)
     }
 
@@ -326,11 +348,14 @@ impl Fleet {
     /// Reads one key: its value and mod_revision, or None.
     pub(crate) async fn get(&self, rest: &str) -> Result<Option<(Vec<u8>, i64)>, FleetError> {
         let key = self.key(rest);
-        self.call("get", |mut c| async move {
-            let r = c.get(key, None).await?;
-            Ok(r.kvs()
-                .first()
-                .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        self.call("get", |mut c| {
+            let key = key.clone();
+            async move {
+                let r = c.get(key, None).await?;
+                Ok(r.kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+            }
         })
         .await
     }
@@ -342,19 +367,22 @@ impl Fleet {
     ) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), FleetError> {
         let key = self.key(rest);
         let strip = key.clone();
-        self.call("list", |mut c| async move {
-            let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
-            let rev = r.header().map_or(0, |h| h.revision());
-            let items = r
-                .kvs()
-                .iter()
-                .map(|kv| {
-                    let k = String::from_utf8_lossy(kv.key());
-                    let name = k.strip_prefix(&strip).unwrap_or(&k).to_string();
-                    (name, kv.value().to_vec(), kv.mod_revision())
-                })
-                .collect();
-            Ok((items, rev))
+        self.call("list", |mut c| {
+            let (key, strip) = (key.clone(), strip.clone());
+            async move {
+                let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
+                let rev = r.header().map_or(0, |h| h.revision());
+                let items = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        let k = String::from_utf8_lossy(kv.key());
+                        let name = k.strip_prefix(&strip).unwrap_or(&k).to_string();
+                        (name, kv.value().to_vec(), kv.mod_revision())
+                    })
+                    .collect();
+                Ok((items, rev))
+            }
         })
         .await
     }
@@ -372,9 +400,12 @@ impl Fleet {
             None
         };
         let key = self.key(rest);
-        self.call("put", |mut c| async move {
-            let o = lease.map(|l| PutOptions::new().with_lease(l));
-            c.put(key, value, o).await.map(|_| ())
+        self.call("put", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let o = lease.map(|l| PutOptions::new().with_lease(l));
+                c.put(key, value, o).await.map(|_| ())
+            }
         })
         .await
     }
@@ -382,8 +413,9 @@ impl Fleet {
     /// Deletes one key.
     pub(crate) async fn delete(&self, rest: &str) -> Result<(), FleetError> {
         let key = self.key(rest);
-        self.call("delete", |mut c| async move {
-            c.delete(key, None).await.map(|_| ())
+        self.call("delete", |mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await.map(|_| ()) }
         })
         .await
     }
@@ -454,10 +486,13 @@ impl Fleet {
         let bytes = serde_json::to_vec(&report).unwrap_or_default();
         let key = self.key(&format!("nodes/{}", self.cfg.node_name));
         let r = self
-            .call("node report", |mut c| async move {
-                c.put(key, bytes, Some(PutOptions::new().with_lease(lease)))
-                    .await
-                    .map(|_| ())
+            .call("node report", |mut c| {
+                let (bytes, key) = (bytes.clone(), key.clone());
+                async move {
+                    c.put(key, bytes, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                        .map(|_| ())
+                }
             })
             .await;
         if let Err(e) = r {
@@ -523,11 +558,14 @@ impl Fleet {
             .map_err(|e| FleetError::Corrupt(e.to_string()))?;
         let k = key.clone();
         let won = self
-            .call("account", |mut c| async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(k, sealed, None)]);
-                c.txn(txn).await.map(|r| r.succeeded())
+            .call("account", |mut c| {
+                let (k, sealed) = (k.clone(), sealed.clone());
+                async move {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(k, sealed, None)]);
+                    c.txn(txn).await.map(|r| r.succeeded())
+                }
             })
             .await?;
         if won {
@@ -552,11 +590,14 @@ impl Fleet {
         for _ in 0..16 {
             let k = key.clone();
             let cur = self
-                .call("budget", |mut c| async move {
-                    let r = c.get(k, None).await?;
-                    Ok(r.kvs()
-                        .first()
-                        .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+                .call("budget", |mut c| {
+                    let k = k.clone();
+                    async move {
+                        let r = c.get(k, None).await?;
+                        Ok(r.kvs()
+                            .first()
+                            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+                    }
                 })
                 .await?;
             let (stamps, rev): (Vec<i64>, i64) = match cur {
@@ -574,12 +615,15 @@ impl Fleet {
             let bytes = serde_json::to_vec(&stamps).unwrap_or_default();
             let k = key.clone();
             let swapped = self
-                .call("budget", |mut c| async move {
-                    let cmp = Compare::mod_revision(k.clone(), CompareOp::Equal, rev);
-                    let txn = Txn::new()
-                        .when([cmp])
-                        .and_then([TxnOp::put(k, bytes, None)]);
-                    c.txn(txn).await.map(|r| r.succeeded())
+                .call("budget", |mut c| {
+                    let (bytes, k) = (bytes.clone(), k.clone());
+                    async move {
+                        let cmp = Compare::mod_revision(k.clone(), CompareOp::Equal, rev);
+                        let txn = Txn::new()
+                            .when([cmp])
+                            .and_then([TxnOp::put(k, bytes, None)]);
+                        c.txn(txn).await.map(|r| r.succeeded())
+                    }
                 })
                 .await?;
             if swapped {
@@ -623,11 +667,14 @@ impl crate::challenge::SharedTokens for Arc<Fleet> {
             let key = self.key(&format!("tokens/{token}"));
             let value = key_authorization.as_bytes().to_vec();
             let ttl = TOKEN_TTL.as_secs() as i64;
-            self.call("publish token", |mut c| async move {
-                let lease = c.lease_grant(ttl, None).await?.id();
-                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-                    .map(|_| ())
+            self.call("publish token", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    let lease = c.lease_grant(ttl, None).await?.id();
+                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                        .map(|_| ())
+                }
             })
             .await
             .map_err(|e| e.to_string())

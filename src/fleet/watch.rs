@@ -51,11 +51,14 @@ impl Fleet {
         let key = self.key("certs/");
         let strip = key.clone();
         let mut stream = self
-            .call("watch", |mut c| async move {
-                let o = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1);
-                c.watch(key, Some(o)).await
+            .call("watch", |mut c| {
+                let key = key.clone();
+                async move {
+                    let o = WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1);
+                    c.watch(key, Some(o)).await
+                }
             })
             .await?;
         self.synced.store(true, Ordering::Relaxed);

@@ -30,6 +30,16 @@ pub(super) enum Gate {
     Done(CertResult),
 }
 
+/// What became of a new set in the fleet before it is installed here.
+pub(super) enum Publish {
+    /// Not in fleet mode, or ordered alone in an emergency.
+    NotInFleet,
+    /// Published at this revision.
+    Published(Arc<Fleet>, i64),
+    /// etcd went away after the CA issued: installed here, published when etcd is back.
+    Unpublished,
+}
+
 /// An order in flight left by a previous holder of the lock, to resume.
 pub(super) struct Resume {
     /// The order's URL.
@@ -252,6 +262,39 @@ impl Runner {
         guard.publish(&entry).await
     }
 
+    /// Publishes a new set under the lock before it is installed here (fenced), so a
+    /// replica that lost its lock installs nothing and the newer set stands. When etcd
+    /// went away after the CA issued, the set is installed here anyway (an order is not
+    /// thrown away) and published when etcd is back, if it is still the newer one.
+    pub(super) async fn publish_first(
+        &self,
+        lock: Option<&LockGuard>,
+        cert: &CertConfig,
+        info: &CertInfo,
+        set: &NewSet,
+        issuer: Option<String>,
+    ) -> Result<Publish, PassError> {
+        let (Some(fleet), Some(lock)) = (&self.fleet, lock) else {
+            return Ok(Publish::NotInFleet);
+        };
+        match self.publish_set(fleet, lock, cert, info, set, issuer).await {
+            Ok(rev) => {
+                info!(revision = rev, serial = %info.serial, "fleet: published");
+                Ok(Publish::Published(fleet.clone(), rev))
+            }
+            Err(FleetError::Unavailable(e)) => {
+                warn!(
+                    "fleet: etcd unavailable while publishing ({e}); installing here and publishing when etcd is back"
+                );
+                Ok(Publish::Unpublished)
+            }
+            Err(e) => {
+                error!("fleet: {e}; this replica's set is discarded, the fleet's stands");
+                Err(fleet_err(e))
+            }
+        }
+    }
+
     /// Before ordering in fleet mode: take the lock, or wait for the node holding it, or
     /// (etcd unavailable) order alone only under `emergency_before`.
     pub(super) async fn fleet_gate(
@@ -419,6 +462,11 @@ impl Runner {
 
     /// After a failed attempt under the lock: the fleet backs off together.
     pub(super) async fn fleet_failed(&self, lock: LockGuard, rec: &CertRecord, e: &PassError) {
+        // etcd's own trouble is no reason for the other replicas to hold back.
+        if matches!(e, PassError::Fleet(_)) {
+            lock.release().await;
+            return;
+        }
         let ladder = Ladder {
             failures: rec.failures,
             next_attempt_at: rec.next_attempt_at,

@@ -8,12 +8,12 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use super::fingerprint::set_fingerprint;
-use super::fleet::Gate;
+use super::fleet::{Gate, Publish};
 use super::record::{mark_installed, note_error, record_failure};
 use super::{CertResult, Fingerprint, PassError, Runner};
 use crate::acme::{Acme, AcmeError, OnCreated, OrderRequest};
 use crate::config::{CaConfig, CertConfig};
-use crate::fleet::{FleetError, LockGuard};
+use crate::fleet::LockGuard;
 use crate::inventory::{self, CertInfo, OnDisk};
 use crate::keys;
 use crate::policy::{self, Decision, ErrorClass};
@@ -279,32 +279,9 @@ impl Runner {
         let fingerprint = set_fingerprint(cert, &set);
         // Fleet: published (fenced by the lock) before anything is installed, so a
         // replica that lost its lock installs nothing and the newer set stands.
-        let mut published = None;
-        let mut unpublished = false;
-        if let (Some(fleet), Some(lock)) = (&self.fleet, lock) {
-            match self
-                .publish_set(fleet, lock, cert, &info, &set, rec.ca.clone())
-                .await
-            {
-                Ok(rev) => {
-                    info!(revision = rev, serial = %info.serial, "fleet: published");
-                    published = Some((fleet.clone(), rev));
-                }
-                // etcd went away after the CA issued: the certificate is installed here
-                // (an order is not thrown away) and published when etcd is back, if it is
-                // then still newer than the fleet's.
-                Err(FleetError::Unavailable(e)) => {
-                    warn!(
-                        "fleet: etcd unavailable while publishing ({e}); installing here and publishing when etcd is back"
-                    );
-                    unpublished = true;
-                }
-                Err(e) => {
-                    error!("fleet: {e}; this replica's set is discarded, the fleet's stands");
-                    return Err(super::fleet::fleet_err(e));
-                }
-            }
-        }
+        let published = self
+            .publish_first(lock, cert, &info, &set, rec.ca.clone())
+            .await?;
         // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
         // stay off the async workers, and a cancelled task (graceful shutdown) cannot stop
         // an install half-way, since a started blocking job always runs to its end.
@@ -319,11 +296,12 @@ impl Runner {
         .map_err(|e| PassError::Install(e.to_string()))?;
         *rec = done.1;
         done.0?;
-        if unpublished {
-            rec.fleet_unpublished = Some(info.serial.clone());
-        }
-        if let Some((fleet, rev)) = published {
-            fleet.report_installed(&cert.name, rev, &info.serial).await;
+        match published {
+            Publish::Unpublished => rec.fleet_unpublished = Some(info.serial.clone()),
+            Publish::Published(fleet, rev) => {
+                fleet.report_installed(&cert.name, rev, &info.serial).await;
+            }
+            Publish::NotInFleet => {}
         }
         Ok((info, fingerprint))
     }
