@@ -23,11 +23,13 @@
 #    <prefix>/orders/), reads the lock holder (`etcdctl get <prefix>/locks/site`), SIGKILLs
 #    it, and measures the time until another replica installs a new serial. Then restarts
 #    the killed replica and measures until it has installed the current set.
-# 4. (d): restarts Pebble with day-long certificates, waits until every replica has one
-#    (nothing is due afterwards), then sums etcd's grpc_server_handled_total (completed
-#    RPCs) and grpc_server_msg_received_total (also counts stream messages such as lease
-#    keep-alives) over the 3 members' /metrics before and after BENCH_IDLE idle seconds,
-#    per replica and minute. A baseline with no replica running is measured first.
+# 4. (d): stops the replicas, replaces Pebble with one issuing day-long certificates (on a
+#    new ACME port: a new CA), restarts the replicas with it, waits until every replica has
+#    a day-long certificate (nothing is due afterwards), then sums etcd's
+#    grpc_server_handled_total (completed RPCs) and grpc_server_msg_received_total (also
+#    counts stream messages such as lease keep-alives) over the 3 members' /metrics before
+#    and after BENCH_IDLE idle seconds, per replica and minute. A baseline with no replica
+#    running is measured first.
 # Prints a table on stdout (the narration goes to stderr).
 #
 # Environment:
@@ -460,8 +462,8 @@ echo "orderer install -> last install: median ${a_med} ms, max ${a_max} ms ($a_n
 h01_answers="-"
 if [ "$HTTP01" = proxy ]; then
     h01_answers=$(for i in "${all[@]}"; do
-        printf 'node%s: %s  ' "$i" "$(grep -cx "${h01[$i]}" "$tmp/h01proxy.log" || true)"
-    done)
+        printf 'node%s: %s\n' "$i" "$(grep -cx "${h01[$i]}" "$tmp/h01proxy.log" || true)"
+    done | paste -sd, - | sed 's/,/, /g')
 fi
 
 # ---------------------------------------------------------------------------
@@ -552,11 +554,26 @@ done
 # ---------------------------------------------------------------------------
 idle_h="-" idle_m="-" idle_detail=""
 if [ "$IDLE" -gt 0 ]; then
-    log "(d): Pebble with day-long certificates, then ${IDLE}s idle"
+    log "(d): a new Pebble with day-long certificates, then ${IDLE}s idle"
+    # The replicas stop (SIGTERM: their leases are revoked), Pebble is replaced by one
+    # issuing day-long certificates on a new ACME port, and the replicas start again with
+    # that directory: a new CA to them, with a new fleet account, rather than a CA that
+    # forgot the fleet's account.
     kill "$lockw_pid" 2>/dev/null || true
+    for i in "${all[@]}"; do
+        kill -TERM "${rpid[$i]}" 2>/dev/null || true
+    done
+    for i in "${all[@]}"; do
+        wait "${rpid[$i]}" 2>/dev/null || true
+    done
     kill "$pebble_pid" "$challtestsrv_pid" 2>/dev/null || true
     wait "$pebble_pid" "$challtestsrv_pid" 2>/dev/null || true
+    take_port acme
     start_ca 86400
+    for i in "${all[@]}"; do
+        sed -i "s#^directory = .*#directory = \"https://127.0.0.1:$acme/dir\"#" "$tmp/r$i/certkeeper.toml"
+        start_replica "$i"
+    done
     deadline=$((SECONDS + VALIDITY * 2 + 240))
     for i in "${all[@]}"; do
         until [ -s "$tmp/r$i/certs/site.pem" ] && openssl x509 -noout -checkend 3600 -in "$tmp/r$i/certs/site.pem" >/dev/null 2>&1; do
@@ -568,16 +585,23 @@ if [ "$IDLE" -gt 0 ]; then
     sleep 5
     h0=$(etcd_sum grpc_server_handled_total)
     m0=$(etcd_sum grpc_server_msg_received_total)
-    etcd_by_method grpc_server_msg_received_total >"$tmp/idle-0.txt"
+    etcd_by_method grpc_server_handled_total >"$tmp/idle-h0.txt"
+    etcd_by_method grpc_server_msg_received_total >"$tmp/idle-m0.txt"
     sleep "$IDLE"
     h1=$(etcd_sum grpc_server_handled_total)
     m1=$(etcd_sum grpc_server_msg_received_total)
-    etcd_by_method grpc_server_msg_received_total >"$tmp/idle-1.txt"
+    etcd_by_method grpc_server_handled_total >"$tmp/idle-h1.txt"
+    etcd_by_method grpc_server_msg_received_total >"$tmp/idle-m1.txt"
     alive_or_die "${all[@]}"
     idle_h=$(awk -v d=$((h1 - h0)) -v n="$N" -v s="$IDLE" 'BEGIN {printf "%.1f", d / n / (s / 60)}')
     idle_m=$(awk -v d=$((m1 - m0)) -v n="$N" -v s="$IDLE" 'BEGIN {printf "%.1f", d / n / (s / 60)}')
-    idle_detail=$(join -a 2 -e 0 -o 0,1.2,2.2 "$tmp/idle-0.txt" "$tmp/idle-1.txt" |
-        awk -v n="$N" -v s="$IDLE" '$3 - $2 > 0 {printf "%s%s %.1f", (k++ ? ", " : ""), $1, ($3 - $2) / n / (s / 60)}')
+    # "method RPCs/messages" per replica and minute, for the methods that moved.
+    per_method() { # BEFORE AFTER
+        join -a 2 -e 0 -o 0,1.2,2.2 "$1" "$2" | awk -v n="$N" -v s="$IDLE" '{print $1, ($3 - $2) / n / (s / 60)}'
+    }
+    idle_detail=$(join -a 1 -a 2 -e 0 -o 0,1.2,2.2 <(per_method "$tmp/idle-h0.txt" "$tmp/idle-h1.txt") \
+        <(per_method "$tmp/idle-m0.txt" "$tmp/idle-m1.txt") |
+        awk '$2 > 0 || $3 > 0 {printf "%s%s %.1f/%.1f", (k++ ? ", " : ""), $1, $2, $3}')
 fi
 base_h_min=$(awk -v d="$base_h" -v s="$BASELINE" 'BEGIN {if (s > 0) printf "%.1f", d / (s / 60); else print "-"}')
 base_m_min=$(awk -v d="$base_m" -v s="$BASELINE" 'BEGIN {if (s > 0) printf "%.1f", d / (s / 60); else print "-"}')
@@ -618,7 +642,7 @@ cat <<EOF
 | restarted replica -> current set installed, median (all) | ${join_med:--} ms ($(list "${join_ms[@]}") ms) |
 | (d) etcd RPCs completed per idle minute per replica (grpc_server_handled_total) | $idle_h |
 | (d) etcd messages received per idle minute per replica (grpc_server_msg_received_total) | $idle_m |
-| (d) by method, per minute per replica | ${idle_detail:--} |
+| (d) by method, RPCs/messages per minute per replica | ${idle_detail:--} |
 | etcd with no replica, per minute (RPCs, messages) | $base_h_min, $base_m_min |
 | log lines node0/node1/node2 | $loglines |
 EOF
