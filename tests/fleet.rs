@@ -1525,3 +1525,85 @@ fn without_cluster_status_says_null() {
     let table = env.run(&cfg, &["status"]);
     assert!(!table.stdout.contains("cluster:"), "{table}");
 }
+
+/// The fencing token, against a real 3-member etcd through the library itself: a holder
+/// whose lease ended behind its back (revoked here with etcdctl, as an expiry while it was
+/// SIGSTOPped would) cannot publish, record an order or release the new holder's lock, and
+/// the new holder's set stands. (`stale_orderer_cannot_overwrite` shows the same end to
+/// end, but there the stale orderer's order usually fails at the CA before it publishes.)
+#[test]
+fn fenced_writes_of_a_holder_that_lost_its_lease_are_refused() {
+    use certkeeper::fleet::{CertEntry, Fleet as CkFleet, FleetError, LockOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdCluster::start(dir.path());
+    let seal = dir.path().join("seal.key");
+    fs::write(&seal, [5u8; 32]).unwrap();
+    let endpoints: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    let cluster_of = |node: &str| {
+        let src = format!(
+            "state_dir = \"{d}/s\"\n[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\n[[cert]]\nname = \"www\"\ndomains = [\"a.example\"]\ncert_path = \"{d}/c.pem\"\nkey_path = \"{d}/k.pem\"\nhttp01_listen = \"127.0.0.1:1\"\n[cluster]\netcd = [{e}]\nprefix = \"/fence\"\nnode_name = \"{node}\"\nlease_ttl = \"3s\"\nseal_key_file = \"{s}\"\n",
+            d = dir.path().display(),
+            e = endpoints.join(", "),
+            s = seal.display()
+        );
+        certkeeper::config::Config::from_str_at(&src, Path::new("t.toml"), dir.path())
+            .unwrap()
+            .cluster
+            .unwrap()
+    };
+    let entry = |f: &CkFleet, serial: &str| {
+        CertEntry {
+            v: certkeeper::fleet::entry::ENTRY_VERSION,
+            name: "www".into(),
+            serial: serial.into(),
+            not_after: time::OffsetDateTime::now_utc(),
+            fullchain_pem: "chain".into(),
+            chain_pem: String::new(),
+            key_sealed: f.seal_key_for("www", "key").unwrap(),
+            orderer: f.node().into(),
+            published_at: time::OffsetDateTime::now_utc(),
+            issuer: None,
+            checksum: String::new(),
+        }
+        .seal_checksum()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = CkFleet::new(&cluster_of("a")).unwrap();
+        let b = CkFleet::new(&cluster_of("b")).unwrap();
+        let LockOutcome::Held(ga) = a.try_lock("www").await.unwrap() else {
+            panic!("a did not get the free lock");
+        };
+        match b.try_lock("www").await.unwrap() {
+            LockOutcome::Busy { holder } => assert_eq!(holder, "a"),
+            LockOutcome::Held(_) => panic!("b got a lock a holds"),
+        }
+        // a's lease ends behind its back.
+        let json = etcd.etcdctl(&["get", "/fence/locks/www", "-w", "json"]);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        let lease = v["kvs"][0]["lease"].as_i64().expect("the lock has a lease");
+        etcd.etcdctl(&["lease", "revoke", &format!("{lease:x}")]);
+        let LockOutcome::Held(gb) = b.try_lock("www").await.unwrap() else {
+            panic!("b did not get the lock after a's lease ended");
+        };
+        assert_ne!(gb.token(), ga.token());
+        gb.publish(&entry(&b, "bb")).await.unwrap();
+        let stale = ga.publish(&entry(&a, "aa")).await;
+        assert!(matches!(stale, Err(FleetError::LostLock(_))), "{stale:?}");
+        let stale = ga
+            .record_order("https://ca/order/1", "https://ca/dir", "key")
+            .await;
+        assert!(matches!(stale, Err(FleetError::LostLock(_))), "{stale:?}");
+        ga.release().await;
+        let current = b.current_fresh("www").await.unwrap().expect("b's set");
+        assert_eq!(current.entry.serial, "bb");
+        assert_eq!(etcd.get("/fence/locks/www").as_deref(), Some("b"));
+        assert!(etcd.get("/fence/orders/www").is_none());
+        gb.release().await;
+        assert!(etcd.get("/fence/locks/www").is_none());
+    });
+}
