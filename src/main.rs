@@ -203,6 +203,7 @@ fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCo
             print!("{}", report::cluster_line(v));
         }
         print!("{}", report::status_table(&rows));
+        print!("{}", report::fleet_lines(&rows));
         if !watched.is_empty() {
             print!("\n{}", report::watch_table(&watched));
         }
@@ -310,7 +311,11 @@ fn renew(
         ));
     }
     if let Some(mf) = &metrics_file {
-        let rows = report::status(&cfg, clock.now());
+        let mut rows = report::status(&cfg, clock.now());
+        // Fleet mode: the cluster's state as the textfile collector's series too.
+        if let Some(v) = fleet_view(&cfg)? {
+            report::add_fleet(&mut rows, &v);
+        }
         if let Err(e) =
             report::metrics::write_textfile(mf, &rows, &report::watched(&cfg, clock.now()))
         {

@@ -67,6 +67,33 @@ pub fn cluster_line(view: &FleetView) -> String {
     }
 }
 
+/// Under the `status` table in fleet mode: per certificate, the fleet's revision, where
+/// it is installed and who is renewing it.
+pub fn fleet_lines(rows: &[StatusRow]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let Some(f) = &r.fleet else { continue };
+        let set = match (f.revision, &f.serial) {
+            (Some(rev), Some(serial)) => format!("revision {rev} (serial {serial})"),
+            _ => "no set published yet".into(),
+        };
+        let on = if f.installed_on.is_empty() {
+            "nowhere yet".into()
+        } else {
+            f.installed_on.join(", ")
+        };
+        let lock = f
+            .lock_holder
+            .as_ref()
+            .map_or(String::new(), |h| format!("; {h} is renewing it"));
+        out.push_str(&format!(
+            "fleet: {}: {set}, installed on {on}{lock}\n",
+            r.name
+        ));
+    }
+    out
+}
+
 /// `certkeeper cluster status` for humans: one line per node, then the locks.
 pub fn cluster_table(view: &FleetView) -> String {
     let mut out = cluster_line(view);
@@ -106,4 +133,103 @@ pub fn cluster_table(view: &FleetView) -> String {
         out.push_str(&format!("lock: {cert} held by {node} (renewing)\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::NodeReport;
+    use crate::fleet::view::SetSummary;
+
+    fn view() -> FleetView {
+        let node = |n: &str, rev: i64| NodeReport {
+            node: n.into(),
+            updated_at: None,
+            installed: [(
+                "www".to_string(),
+                Installed {
+                    revision: rev,
+                    serial: "aa".into(),
+                },
+            )]
+            .into(),
+        };
+        FleetView {
+            cluster: "available",
+            error: None,
+            prefix: "/p".into(),
+            node: "a".into(),
+            nodes: vec![node("a", 7), node("b", 7), node("c", 5)],
+            locks: [("www".to_string(), "b".to_string())].into(),
+            certs: [(
+                "www".to_string(),
+                SetSummary {
+                    revision: 7,
+                    serial: "aa".into(),
+                    not_after: time::OffsetDateTime::UNIX_EPOCH,
+                    orderer: "b".into(),
+                },
+            )]
+            .into(),
+        }
+    }
+
+    fn row(name: &str) -> StatusRow {
+        let cfg = crate::config::Config::from_str_at(
+            &format!("state_dir = \"/nonexistent/s\"\n[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\n[[cert]]\nname = \"{name}\"\ndomains = [\"a.example\"]\ncert_path = \"/nonexistent/c.pem\"\nkey_path = \"/nonexistent/k.pem\"\nhttp01_listen = \"127.0.0.1:1\"\n"),
+            std::path::Path::new("t.toml"),
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        super::super::status(&cfg, time::OffsetDateTime::now_utc()).remove(0)
+    }
+
+    /// Only the nodes on the current revision count as installed; the lock holder and
+    /// this node's revision are shown.
+    #[test]
+    fn rows_get_the_fleet_view() {
+        let mut rows = vec![row("www"), row("other")];
+        add_fleet(&mut rows, &view());
+        let f = rows[0].fleet.as_ref().unwrap();
+        assert_eq!(f.revision, Some(7));
+        assert_eq!(f.installed_on, vec!["a", "b"]);
+        assert_eq!(f.lock_holder.as_deref(), Some("b"));
+        assert_eq!(f.installed_here, Some(7));
+        assert_eq!(rows[1].fleet.as_ref().unwrap().revision, None);
+        let lines = fleet_lines(&rows);
+        assert!(
+            lines.contains(
+                "fleet: www: revision 7 (serial aa), installed on a, b; b is renewing it"
+            ),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("fleet: other: no set published yet"),
+            "{lines}"
+        );
+        let table = cluster_table(&view());
+        assert!(
+            table.starts_with("cluster: available, 3 nodes under /p"),
+            "{table}"
+        );
+        assert!(table.contains("www@5 (old)"), "{table}");
+        assert!(table.contains("lock: www held by b"), "{table}");
+    }
+
+    /// Unavailable: the rows say so and carry no fleet cell; the line gives the cause.
+    #[test]
+    fn unavailable_view() {
+        let mut v = view();
+        v.cluster = "unavailable";
+        v.error = Some("etcd unavailable: no answer".into());
+        let mut rows = vec![row("www")];
+        add_fleet(&mut rows, &v);
+        assert_eq!(rows[0].cluster, Some("unavailable"));
+        assert!(rows[0].fleet.is_none());
+        assert_eq!(
+            cluster_line(&v),
+            "cluster: unavailable: etcd unavailable: no answer\n"
+        );
+        assert!(fleet_lines(&rows).is_empty());
+    }
 }

@@ -18,7 +18,7 @@ use crate::policy::{self, AriWindow, Decision};
 use crate::state::{CertRecord, StateDir};
 
 pub use dry_run::dry_run_line;
-pub use fleet::{add_fleet, add_fleet_local, cluster_line, cluster_table};
+pub use fleet::{add_fleet, add_fleet_local, cluster_line, cluster_table, fleet_lines};
 pub use status::{FleetCell, RowTimes, StatusRow, status_row};
 pub use table::status_table;
 pub use watched::{Row, WatchRow, json_rows, watch_row, watch_table, watched};
