@@ -220,11 +220,7 @@ impl Runner {
         };
         let key = read(&cert.key_path)?;
         let fullchain = read(&cert.cert_path)?;
-        let chain = fullchain
-            .match_indices("-----BEGIN CERTIFICATE-----")
-            .nth(1)
-            .map(|(i, _)| fullchain[i..].to_string())
-            .unwrap_or_default();
+        let chain = super::order::chain_after_leaf(&fullchain);
         let set = NewSet {
             key_pem: key,
             fullchain_pem: fullchain,

@@ -457,6 +457,15 @@ async fn new_key(cert: &CertConfig) -> Result<(rcgen::KeyPair, Vec<u8>), PassErr
     .map_err(|e| PassError::Internal(format!("key generation failed: {e}")))?
 }
 
+/// The chain without its leaf (the `chain_path` file), from a full chain, leaf first.
+pub(super) fn chain_after_leaf(fullchain: &str) -> String {
+    fullchain
+        .match_indices("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .map(|(i, _)| fullchain[i..].to_string())
+        .unwrap_or_default()
+}
+
 /// Verifies the CA's chain against the key and names, and builds the set to install.
 fn verified_set(
     cert: &CertConfig,
@@ -466,11 +475,7 @@ fn verified_set(
 ) -> Result<(CertInfo, NewSet), PassError> {
     let info = inventory::verify_set(key_pem.as_bytes(), chain.as_bytes(), &cert.domains, now)
         .map_err(|(e, _)| PassError::Verify(e))?;
-    let chain_pem = chain
-        .match_indices("-----BEGIN CERTIFICATE-----")
-        .nth(1)
-        .map(|(i, _)| chain[i..].to_string())
-        .unwrap_or_default();
+    let chain_pem = chain_after_leaf(&chain);
     let set = NewSet {
         key_pem,
         fullchain_pem: chain,
