@@ -467,7 +467,7 @@ if [ "$HTTP01" = proxy ]; then
 fi
 
 # ---------------------------------------------------------------------------
-take_ms=() join_ms=() take_orders=() resumed=0 takes_done=0
+take_ms=() join_ms=() take_orders=() resumed=0 takes_done=0 published0=()
 if [ "$TAKEOVERS" -gt 0 ]; then
     log "(c): $TAKEOVERS takeovers (SIGKILL of the lock holder while its order is in flight)"
 fi
@@ -498,6 +498,9 @@ for k in $(seq 1 "$TAKEOVERS"); do
             continue
         fi
         installs | awk '{print $3}' | sort -u >"$tmp/known.txt"
+        for i in "${all[@]}"; do
+            published0[i]=$(grep -c "fleet: published" "$tmp/r$i/log" || true)
+        done
         kill -KILL "${rpid[$h]}"
         t_kill=$(now_us)
         victim=$h
@@ -524,16 +527,31 @@ for k in $(seq 1 "$TAKEOVERS"); do
         [ "$SECONDS" -lt "$deadline" ] || die "takeover $k: no replica installed a new set within $((lease_s + 150)) s of the kill"
         sleep 0.05
     done
-    read -r t_inst taker <<<"$t_new"
+    read -r t_inst first <<<"$t_new"
     take_ms+=("$(ms $((t_inst - t_kill)))")
     take_orders+=("$(($(pebble_count "Added order") - o_before))")
-    if grep -q "fleet: resuming the order" "$tmp/r$taker/log"; then
+    # The new orderer: the survivor with a new `fleet: published` line (it publishes before
+    # it installs, so it may not be the first to install). Did it resume the order?
+    deadline=$((SECONDS + 10))
+    taker=""
+    while [ -z "$taker" ] && [ "$SECONDS" -lt "$deadline" ]; do
+        for i in "${others[@]}"; do
+            if [ "$(grep -c "fleet: published" "$tmp/r$i/log" || true)" -gt "${published0[i]}" ]; then
+                taker=$i
+            fi
+        done
+        [ -n "$taker" ] || sleep 0.1
+    done
+    how="placed a new order"
+    [ -n "$taker" ] || how="published nothing within 10 s"
+    if [ -n "$taker" ] && awk -v n="${published0[taker]}" '/fleet: published/ {p++} p >= n && /fleet: resuming the order/ {f = 1} END {exit !f}' "$tmp/r$taker/log"; then
         resumed=$((resumed + 1))
+        how="resumed the order"
     fi
     takes_done=$((takes_done + 1))
-    echo "takeover $k: node$taker installed a new set $(ms $((t_inst - t_kill))) ms after the kill" >&2
+    echo "takeover $k: node${taker:-?} took over and $how; node$first installed the new set first, $(ms $((t_inst - t_kill))) ms after the kill" >&2
     # The killed replica comes back and installs the current set.
-    current=$(installs | awk -v t="$taker" '$1 == t {s = $3} END {print s}')
+    current=$(installs | awk -v t="$first" '$1 == t {s = $3} END {print s}')
     t_restart=$(now_us)
     start_replica "$victim"
     deadline=$((SECONDS + 60))
@@ -544,11 +562,6 @@ for k in $(seq 1 "$TAKEOVERS"); do
     done
     t_join=$(awk -v s="$current" '$2 == s {print $1; exit}' "$tmp/r$victim/installs")
     join_ms+=("$(ms $((t_join - t_restart)))")
-done
-# Resumes: count the log lines, in case a replica resumed more than once.
-resumed_lines=0
-for i in "${all[@]}"; do
-    resumed_lines=$((resumed_lines + $(grep -c "fleet: resuming the order" "$tmp/r$i/log" || true)))
 done
 
 # ---------------------------------------------------------------------------
@@ -638,7 +651,7 @@ cat <<EOF
 | HTTP-01 connections answered | $h01_answers |
 | (c) SIGKILL of the lock holder mid-order -> another replica installs, median (all) | ${take_med:--} ms ($(list "${take_ms[@]}") ms) |
 | (c) new orders per takeover renewal | $(list "${take_orders[@]}") |
-| (c) takeovers that resumed the order (\`fleet: resuming the order\` lines) | $resumed of $takes_done ($resumed_lines lines) |
+| (c) takeovers that resumed the dead orderer's order (\`fleet: resuming the order\`) | $resumed of $takes_done |
 | restarted replica -> current set installed, median (all) | ${join_med:--} ms ($(list "${join_ms[@]}") ms) |
 | (d) etcd RPCs completed per idle minute per replica (grpc_server_handled_total) | $idle_h |
 | (d) etcd messages received per idle minute per replica (grpc_server_msg_received_total) | $idle_m |
