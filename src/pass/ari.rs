@@ -43,10 +43,6 @@ impl Runner {
         if fresh && rec.ari_serial.as_deref() == Some(info.serial.as_str()) {
             return cached;
         }
-        // Fleet mode: another replica may have asked already.
-        if let Some(w) = self.fleet_ari(cert, info, rec, now).await {
-            return Some(w);
-        }
         // ARI goes to the CA that issued the installed certificate, not to the primary.
         let Some(issuer) = self.ca_by_directory(cert, rec.issuer.as_deref()) else {
             return cached;
@@ -61,6 +57,10 @@ impl Runner {
                 .is_some_and(|t| now - t < time::Duration::days(1))
         {
             return None;
+        }
+        // Fleet mode: another replica may have asked already.
+        if let Some(w) = self.fleet_ari(cert, info, rec, now).await {
+            return Some(w);
         }
         // Optional: a CA that is down must not delay a certificate that is not due (the
         // failure is logged once per pass, in `acme_quick_at`).
