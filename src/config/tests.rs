@@ -878,3 +878,21 @@ fn cluster_seal_key_errors() {
         );
     }
 }
+
+/// The shipped fleet example parses, given a seal key where it names one.
+#[test]
+fn shipped_fleet_example_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("seal.key");
+    std::fs::write(&key, [3u8; 32]).unwrap();
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet/certkeeper.toml");
+    let src = std::fs::read_to_string(&p).unwrap().replace(
+        "/run/secrets/certkeeper/seal.key",
+        &key.display().to_string(),
+    );
+    let c = Config::from_str_at(&src, &p, Path::new("/etc/certkeeper"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cl = c.cluster.expect("[cluster]");
+    assert_eq!(cl.etcd.len(), 3);
+    assert_eq!(cl.prefix, "/certkeeper/site");
+}
