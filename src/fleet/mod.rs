@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
@@ -315,15 +317,24 @@ impl Fleet {
     async fn keep_alive(self: Arc<Self>, id: i64) {
         let period = self.cfg.lease_ttl / 3;
         let mut last_ok = tokio::time::Instant::now();
+        // One long-lived keep-alive stream, one message per tick; opened again (on the
+        // next endpoint that answers) after any error.
+        let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
         loop {
             tokio::time::sleep(period).await;
-            let r = self
-                .call("lease keep-alive", |mut c| async move {
-                    let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
-                    keeper.keep_alive().await?;
-                    Ok(stream.message().await?.map(|m| m.ttl()))
-                })
-                .await;
+            let r = match stream.as_mut() {
+                Some((keeper, s)) => self.keep_alive_once(keeper, s).await,
+                None => match self.open_keep_alive(id).await {
+                    Ok((keeper, s, ttl)) => {
+                        stream = Some((keeper, s));
+                        Ok(ttl)
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if r.is_err() {
+                stream = None;
+            }
             match r {
                 Ok(Some(ttl)) if ttl > 0 => last_ok = tokio::time::Instant::now(),
                 Ok(_) => {
@@ -342,6 +353,50 @@ impl Fleet {
         let mut lease = self.lease.lock().await;
         if *lease == id {
             *lease = 0;
+        }
+    }
+
+    /// Opens the keep-alive stream of lease `id` (which sends the first keep-alive) and
+    /// reads its answer: the lease's remaining TTL, 0 when it is gone.
+    async fn open_keep_alive(
+        &self,
+        id: i64,
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream, Option<i64>), FleetError> {
+        self.call("lease keep-alive", |mut c| async move {
+            let (keeper, mut s) = c.lease_keep_alive(id).await?;
+            let ttl = s.message().await?.map(|m| m.ttl());
+            Ok((keeper, s, ttl))
+        })
+        .await
+    }
+
+    /// One keep-alive on an open stream, bounded by `request_timeout`.
+    async fn keep_alive_once(
+        &self,
+        keeper: &mut LeaseKeeper,
+        s: &mut LeaseKeepAliveStream,
+    ) -> Result<Option<i64>, FleetError> {
+        let limit = self.cfg.request_timeout;
+        let r = tokio::time::timeout(limit, async {
+            keeper.keep_alive().await?;
+            Ok::<_, etcd_client::Error>(s.message().await?.map(|m| m.ttl()))
+        })
+        .await;
+        match r {
+            Ok(Ok(ttl)) => {
+                self.mark(Ok(()));
+                Ok(ttl)
+            }
+            Ok(Err(e)) => {
+                let e = format!("lease keep-alive: {e}");
+                self.mark(Err(&e));
+                Err(FleetError::Unavailable(e))
+            }
+            Err(_) => {
+                let e = format!("lease keep-alive: no answer within {limit:?}");
+                self.mark(Err(&e));
+                Err(FleetError::Unavailable(e))
+            }
         }
     }
 

@@ -1,6 +1,7 @@
-//! The daemon's watch on `P/certs/`: one range read to catch up, then a watch from the
-//! revision after it. Every new set wakes that certificate's task (which verifies and
-//! installs it); the local copy lets passes read the fleet's sets without a request.
+//! The daemon's watch on the fleet's prefix: one range read of `P/certs/` to catch up, then
+//! a watch from the revision after it. Every new set wakes that certificate's task (which
+//! verifies and installs it), and so does a deleted lock (a replica waiting for a dead
+//! orderer takes over at once); the local copy lets passes read the fleet's sets without a request.
 //! On any error the copy stops being trusted (passes read etcd directly again), and the
 //! watch is restarted with a capped back-off.
 
@@ -48,7 +49,9 @@ impl Fleet {
     /// Catches up with one range read, then follows the watch until it fails.
     async fn follow(&self, wake: &UnboundedSender<String>) -> Result<(), FleetError> {
         let rev = self.catch_up(wake).await?;
-        let key = self.key("certs/");
+        // The whole prefix: new sets under certs/, and locks/ deletions, so a replica
+        // waiting for a dead orderer's lock tries it the moment the lease drops it.
+        let key = self.key("");
         let strip = key.clone();
         let mut stream = self
             .call("watch", |mut c| {
@@ -120,7 +123,16 @@ impl Fleet {
     fn apply(&self, ev: &etcd_client::Event, strip: &str, wake: &UnboundedSender<String>) {
         let Some(kv) = ev.kv() else { return };
         let k = String::from_utf8_lossy(kv.key());
-        let name = k.strip_prefix(strip).unwrap_or(&k).to_string();
+        let rest = k.strip_prefix(strip).unwrap_or(&k);
+        if let Some(name) = rest.strip_prefix("locks/") {
+            if ev.event_type() == EventType::Delete {
+                let _ = wake.send(name.to_string());
+            }
+            return;
+        }
+        let Some(name) = rest.strip_prefix("certs/").map(str::to_string) else {
+            return;
+        };
         match ev.event_type() {
             EventType::Put => match CertEntry::parse(kv.value(), &name) {
                 Ok(entry) => {

@@ -443,7 +443,7 @@ impl Runner {
         }
         match fleet.open_order_key(&cert.name, &o) {
             Ok(key_pem) => {
-                info!(order = %o.url, node = %o.node, "fleet: resuming the order of {}", o.node);
+                info!(order = %o.url, node = %o.node, "fleet: taking over the order {} placed", o.node);
                 Some(Resume {
                     url: o.url,
                     key_pem,

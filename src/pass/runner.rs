@@ -176,8 +176,11 @@ impl Runner {
     /// Drops the account the CA no longer knows (kept as `<file>.lost` for inspection), so
     /// the next connection creates a new one.
     pub(super) async fn forget_account(&self, directory: &str) {
-        let cache = slot(&self.acme, directory);
-        *cache.lock().await = AcmeCache::Empty;
+        // Both connections hold the account the CA no longer knows: the quick one
+        // (ARI) would otherwise be handed out again by `acme_at`.
+        for caches in [&self.acme, &self.quick] {
+            *slot(caches, directory).lock().await = AcmeCache::Empty;
+        }
         if let Some(f) = &self.fleet
             && let Err(e) = f.forget_account(directory).await
         {
