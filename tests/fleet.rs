@@ -1607,3 +1607,47 @@ fn fenced_writes_of_a_holder_that_lost_its_lease_are_refused() {
         assert!(etcd.get("/fence/locks/www").is_none());
     });
 }
+
+/// The CA forgets the fleet's ACME account (Pebble restarted: a new CA in all but its
+/// address). The next renewal must still be one order under one new account that the
+/// whole fleet then shares: the orderer creates it, replaces the fleet's lost one in etcd,
+/// and no replica backs the fleet off for the lost account.
+#[test]
+fn a_ca_that_forgot_the_fleet_account_costs_one_new_account() {
+    let mut f = Fleet::new(FleetOpts {
+        validity_secs: 30,
+        ..FleetOpts::default()
+    });
+    f.start(0);
+    f.start(1);
+    let s1 = f.wait_same_new_set(&[0, 1], None, Duration::from_secs(30));
+    let accounts = |f: &Fleet| f.etcd.get_prefix(&format!("{PREFIX}/accounts/"));
+    let before = accounts(&f);
+    assert_eq!(before.len(), 1, "one fleet account: {before:?}");
+    f.env.pebble.as_mut().unwrap().restart("pebble-2");
+    // The renewal point is 15 s into a 30 s certificate.
+    let s2 = f.wait_same_new_set(&[0, 1], Some(s1.as_str()), Duration::from_secs(40));
+    let after = accounts(&f);
+    assert_eq!(after.len(), 1, "one fleet account: {after:?}");
+    assert_ne!(
+        after[0].1, before[0].1,
+        "the lost account is still the fleet's"
+    );
+    let orders = f.orders();
+    assert_eq!(
+        orders.issued,
+        vec![s2.clone()],
+        "issued by the new CA: {orders:?}"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            f.log_count(i, "the fleet backs off"),
+            0,
+            "r{i} backed the fleet off"
+        );
+    }
+    let created: usize = (0..2)
+        .map(|i| f.log_count(i, "creating a new account"))
+        .sum();
+    assert!(created >= 1, "nobody noticed the lost account");
+}

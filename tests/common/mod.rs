@@ -517,6 +517,25 @@ impl Pebble {
         );
     }
 
+    /// Stops Pebble and starts it again with the same config and HTTPS certificate: a new
+    /// CA in all but its address, which has forgotten every account and order (Pebble
+    /// keeps them in memory). `log()` then shows the new process only.
+    pub fn restart(&mut self, log_name: &str) {
+        let stopped = Subprocess::spawn("pebble-stopped", Command::new("true"), &self.dir);
+        drop(std::mem::replace(&mut self.pebble, stopped));
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.ports.acme)).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(10), "pebble still up");
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.pebble = Subprocess::spawn(log_name, pebble_command(&self.dir, self.ports), &self.dir);
+        assert!(
+            wait_tcp(self.ports.acme, Duration::from_secs(20)),
+            "pebble did not restart on {:?}",
+            self.ports
+        );
+    }
+
     /// Everything Pebble has logged so far (stdout, then stderr). Pebble 2.4 logs one
     /// line per new order (`Added order "<id>" to the db`), per finalization it accepts
     /// (`Order <id> is fully authorized. Processing finalization`) and per issued
