@@ -61,6 +61,8 @@ struct FleetOpts {
     dns01: bool,
     /// Extra lines for every `[cluster]` table.
     cluster_extra: &'static str,
+    /// Extra lines for every `[acme]` table.
+    acme_extra: &'static str,
 }
 
 impl Default for FleetOpts {
@@ -70,6 +72,7 @@ impl Default for FleetOpts {
             renew_before: "50%",
             dns01: false,
             cluster_extra: "",
+            acme_extra: "",
         }
     }
 }
@@ -199,7 +202,9 @@ impl Fleet {
              [defaults]\nrenew_before = {rb}\nmax_orders_per_cert = 1000\n\
              reload = [[{hook}, {log}]]\n{challenge}\n\n\
              [[cert]]\nname = {name}\ndomains = [{domain}]\ncert_path = {cert_s}\nkey_path = {key_s}\n",
-            head = self.env.config_head_in(&dir.join("state"), ""),
+            head = self
+                .env
+                .config_head_in(&dir.join("state"), self.opts.acme_extra),
             endpoints = endpoints.join(", "),
             prefix = toml_str(PREFIX),
             node_s = toml_str(node),
@@ -1650,4 +1655,35 @@ fn a_ca_that_forgot_the_fleet_account_costs_one_new_account() {
         .map(|i| f.log_count(i, "creating a new account"))
         .sum();
     assert!(created >= 1, "nobody noticed the lost account");
+}
+
+/// The order budget is the fleet's: with `max_new_orders = "2/1h"` three replicas together
+/// place two orders, and the third renewal is deferred (counted in etcd), where each
+/// replica's own count would have allowed two more orders of its own.
+#[test]
+fn the_order_budget_is_counted_for_the_whole_fleet() {
+    let mut f = Fleet::new(FleetOpts {
+        validity_secs: 20,
+        acme_extra: "max_new_orders = \"2/1h\"",
+        ..FleetOpts::default()
+    });
+    f.start_all();
+    let s1 = f.wait_same_new_set(&[0, 1, 2], None, Duration::from_secs(30));
+    let s2 = f.wait_same_new_set(&[0, 1, 2], Some(s1.as_str()), Duration::from_secs(30));
+    // The third renewal point is 10 s after s2's issuance; give it 6 s more.
+    thread::sleep(Duration::from_secs(16));
+    let orders = f.orders();
+    assert_eq!(
+        orders.added.len(),
+        2,
+        "the fleet overspent its budget: {orders:?}"
+    );
+    for i in 0..3 {
+        assert_eq!(f.serial(i).as_deref(), Some(s2.as_str()), "r{i}");
+    }
+    let deferred: usize = (0..3).map(|i| f.log_count(i, "order budget")).sum();
+    assert!(
+        deferred >= 1,
+        "no replica said the budget deferred the renewal"
+    );
 }
