@@ -723,6 +723,14 @@ fn steady_renewals() {
             f.log_count(i, "fleet: published"),
             f.log_count(i, "fleet: installed the fleet's set")
         );
+        // A healthy cluster is never reported unavailable (a keep-alive that waits for
+        // an answer that never comes would be).
+        assert_eq!(
+            f.log_count(i, "fleet: etcd unavailable"),
+            0,
+            "{} reported a healthy etcd unavailable",
+            f.replicas[i].node
+        );
     }
 }
 

@@ -325,8 +325,8 @@ impl Fleet {
             let r = match stream.as_mut() {
                 Some((keeper, s)) => self.keep_alive_once(keeper, s).await,
                 None => match self.open_keep_alive(id).await {
-                    Ok((keeper, s, ttl)) => {
-                        stream = Some((keeper, s));
+                    Ok((opened, ttl)) => {
+                        stream = opened;
                         Ok(ttl)
                     }
                     Err(e) => Err(e),
@@ -356,16 +356,19 @@ impl Fleet {
         }
     }
 
-    /// Opens the keep-alive stream of lease `id` (which sends the first keep-alive) and
-    /// reads its answer: the lease's remaining TTL, 0 when it is gone.
+    /// Opens the keep-alive stream of lease `id`; etcd-client sends the first keep-alive
+    /// and reads its answer itself. `Some(0)`: the lease is gone.
     async fn open_keep_alive(
         &self,
         id: i64,
-    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream, Option<i64>), FleetError> {
+    ) -> Result<(Option<(LeaseKeeper, LeaseKeepAliveStream)>, Option<i64>), FleetError> {
         self.call("lease keep-alive", |mut c| async move {
-            let (keeper, mut s) = c.lease_keep_alive(id).await?;
-            let ttl = s.message().await?.map(|m| m.ttl());
-            Ok((keeper, s, ttl))
+            match c.lease_keep_alive(id).await {
+                Ok((keeper, s)) => Ok((Some((keeper, s)), Some(1))),
+                // "lease not found": it expired while we could not reach etcd.
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok((None, Some(0))),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
