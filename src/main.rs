@@ -191,7 +191,7 @@ fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCo
     };
     let mut rows = report::status(&cfg, clock.now());
     let watched = report::watched(&cfg, clock.now());
-    let view = fleet_view(&cfg)?;
+    let view = fleet_view(&cfg, None)?;
     if let Some(v) = &view {
         report::add_fleet(&mut rows, v);
     }
@@ -219,12 +219,17 @@ fn status(path: &Path, json: bool, clock: &SharedClock) -> anyhow::Result<ExitCo
 /// The fleet's view for `status` (None without `[cluster]`): a few bounded reads.
 fn fleet_view(
     cfg: &certkeeper::config::Config,
+    rt: Option<&tokio::runtime::Runtime>,
 ) -> anyhow::Result<Option<certkeeper::fleet::FleetView>> {
     let Some(c) = &cfg.cluster else {
         return Ok(None);
     };
     let fleet = certkeeper::fleet::Fleet::new(c)?;
-    Ok(Some(runtime()?.block_on(fleet.view())))
+    let view = match rt {
+        Some(rt) => rt.block_on(fleet.view()),
+        None => runtime()?.block_on(fleet.view()),
+    };
+    Ok(Some(view))
 }
 
 /// `certkeeper cluster status`: exit 1 when etcd is unavailable, 2 without `[cluster]`.
@@ -233,7 +238,7 @@ fn cluster_status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let Some(view) = fleet_view(&cfg)? else {
+    let Some(view) = fleet_view(&cfg, None)? else {
         eprintln!(
             "error: {}: no [cluster] section: this certkeeper is not part of a fleet",
             path.display()
@@ -313,7 +318,7 @@ fn renew(
     if let Some(mf) = &metrics_file {
         let mut rows = report::status(&cfg, clock.now());
         // Fleet mode: the cluster's state as the textfile collector's series too.
-        if let Some(v) = fleet_view(&cfg)? {
+        if let Some(v) = fleet_view(&cfg, Some(&rt))? {
             report::add_fleet(&mut rows, &v);
         }
         if let Err(e) =

@@ -100,10 +100,7 @@ impl Fleet {
     /// The order a previous holder left in flight for `name`, if any (its key unsealed
     /// by the caller through [`Fleet::open_order_key`]).
     pub async fn order_in_flight(&self, name: &str) -> Result<Option<OrderEntry>, FleetError> {
-        Ok(self
-            .get(&format!("orders/{name}"))
-            .await?
-            .and_then(|(b, _)| serde_json::from_slice(&b).ok()))
+        self.get_json(&format!("orders/{name}")).await
     }
 
     /// Opens the sealed key of an order in flight.

@@ -558,21 +558,29 @@ impl Fleet {
         }
     }
 
+    /// A JSON fact under `rest`, if there is one that parses (an unreadable one is as
+    /// good as none: each of these facts is only advice).
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        rest: &str,
+    ) -> Result<Option<T>, FleetError> {
+        Ok(self
+            .get(rest)
+            .await?
+            .and_then(|(b, _)| serde_json::from_slice(&b).ok()))
+    }
+
     /// The shared ladder of a certificate (default when there is none).
     pub async fn ladder(&self, name: &str) -> Result<Ladder, FleetError> {
         Ok(self
-            .get(&format!("ladder/{name}"))
+            .get_json(&format!("ladder/{name}"))
             .await?
-            .and_then(|(b, _)| serde_json::from_slice(&b).ok())
             .unwrap_or_default())
     }
 
     /// The shared ARI window of a certificate, if one was stored.
     pub async fn ari(&self, name: &str) -> Result<Option<AriShared>, FleetError> {
-        Ok(self
-            .get(&format!("ari/{name}"))
-            .await?
-            .and_then(|(b, _)| serde_json::from_slice(&b).ok()))
+        self.get_json(&format!("ari/{name}")).await
     }
 
     /// Stores the ARI window one replica learned, for the others.
@@ -644,20 +652,10 @@ impl Fleet {
         mut spend: impl FnMut(&mut Vec<OffsetDateTime>) -> Result<(), OffsetDateTime>,
     ) -> Result<Result<(), OffsetDateTime>, FleetError> {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-        let key = self.key(&format!("budget/{}", ca_key(directory)));
+        let rest = format!("budget/{}", ca_key(directory));
+        let key = self.key(&rest);
         for _ in 0..16 {
-            let k = key.clone();
-            let cur = self
-                .call("budget", |mut c| {
-                    let k = k.clone();
-                    async move {
-                        let r = c.get(k, None).await?;
-                        Ok(r.kvs()
-                            .first()
-                            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
-                    }
-                })
-                .await?;
+            let cur = self.get(&rest).await?;
             let (stamps, rev): (Vec<i64>, i64) = match cur {
                 Some((b, rev)) => (serde_json::from_slice(&b).unwrap_or_default(), rev),
                 None => (Vec::new(), 0),

@@ -12,7 +12,6 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use super::fingerprint::set_fingerprint;
-use super::order::install_set;
 use super::{CertResult, Outcome, PassError, Runner};
 use crate::config::CertConfig;
 use crate::fleet::{CertEntry, Fleet, FleetError, Ladder, LockGuard, LockOutcome, Published};
@@ -128,22 +127,16 @@ impl Runner {
             chain_pem: p.entry.chain_pem.clone(),
         };
         let fingerprint = set_fingerprint(cert, &set);
-        let (state, c, mut r) = (self.state.clone(), cert.clone(), rec.clone());
         // Installing what another replica ordered is no order of ours: the breaker's
         // count of this certificate's orders stays as it was.
-        let issued = r.issued_at.clone();
-        r.ca = p.entry.issuer.clone();
-        let serial = info.serial.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let res = install_set(&state, &c, &set, &mut r, &serial, now);
-            (res, r)
-        })
-        .await
-        .map_err(|e| PassError::Install(e.to_string()))?;
-        *rec = done.1;
+        let issued = rec.issued_at.clone();
+        rec.ca = p.entry.issuer.clone();
+        let installed = self
+            .install_off_thread(cert, set, rec, &info.serial, None)
+            .await;
         rec.issued_at = issued;
         rec.fleet_unpublished = None;
-        done.0?;
+        installed?;
         info!(
             revision = p.revision,
             serial = %p.entry.serial,
@@ -321,7 +314,7 @@ impl Runner {
                     now + fleet.config().lease_ttl,
                 ))
             }
-            Err(e) => self.without_etcd(fleet, cert, disk, rec, &e, now),
+            Err(e) => self.without_etcd(fleet, cert, disk, rec, &e),
         }
     }
 
@@ -374,7 +367,7 @@ impl Runner {
             Ok(_) => {}
             Err(e) => {
                 guard.release().await;
-                return self.without_etcd(fleet, cert, disk, rec, &e, now);
+                return self.without_etcd(fleet, cert, disk, rec, &e);
             }
         }
         Gate::Order(Some(guard))
@@ -388,7 +381,6 @@ impl Runner {
         disk: &OnDisk,
         rec: &mut CertRecord,
         e: &FleetError,
-        _pass_start: OffsetDateTime,
     ) -> Gate {
         // Waiting for etcd took time (up to request_timeout per try): judge by the clock.
         let now = self.now();

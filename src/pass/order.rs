@@ -285,17 +285,8 @@ impl Runner {
         // Stage, install, record and finish run as one piece on a blocking thread: fsyncs
         // stay off the async workers, and a cancelled task (graceful shutdown) cannot stop
         // an install half-way, since a started blocking job always runs to its end.
-        let (state, c, mut r) = (self.state.clone(), cert.clone(), rec.clone());
-        let (serial, installing, now) = (info.serial.clone(), installing.clone(), self.now());
-        let done = tokio::task::spawn_blocking(move || {
-            *installing.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            let res = install_set(&state, &c, &set, &mut r, &serial, now);
-            (res, r)
-        })
-        .await
-        .map_err(|e| PassError::Install(e.to_string()))?;
-        *rec = done.1;
-        done.0?;
+        self.install_off_thread(cert, set, rec, &info.serial, Some(installing.clone()))
+            .await?;
         match published {
             Publish::Unpublished => rec.fleet_unpublished = Some(info.serial.clone()),
             Publish::Published(fleet, rev) => {
@@ -304,6 +295,33 @@ impl Runner {
             Publish::NotInFleet => {}
         }
         Ok((info, fingerprint))
+    }
+
+    /// Stages, installs and records a verified set on a blocking thread (see
+    /// [`install_set`]); `installing` is raised first, so a cancelled task's reservation
+    /// stands once the install has begun. `rec` is the record as installed, on success and
+    /// on failure alike.
+    pub(super) async fn install_off_thread(
+        &self,
+        cert: &CertConfig,
+        set: NewSet,
+        rec: &mut CertRecord,
+        serial: &str,
+        installing: Option<Arc<std::sync::Mutex<bool>>>,
+    ) -> Result<(), PassError> {
+        let (state, c, mut r) = (self.state.clone(), cert.clone(), rec.clone());
+        let (serial, now) = (serial.to_string(), self.now());
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(flag) = installing {
+                *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            }
+            let res = install_set(&state, &c, &set, &mut r, &serial, now);
+            (res, r)
+        })
+        .await
+        .map_err(|e| PassError::Install(e.to_string()))?;
+        *rec = done.1;
+        done.0
     }
 
     /// The CA this attempt goes to: the one `rec.ca` names if it is still configured, else
@@ -487,7 +505,7 @@ fn verified_set(
 /// Stages and installs a verified set, records it (hooks pending), then clears the
 /// staging area. Blocking. A crash anywhere in here is completed by
 /// [`super::roll_forward`].
-pub(super) fn install_set(
+fn install_set(
     state: &StateDir,
     cert: &CertConfig,
     set: &NewSet,
